@@ -1,0 +1,34 @@
+# The two commands: `make train` and `make test`. Both create .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= runs/dcgan
+CONFIG ?= configs/dcgan.py
+# Tests use both cores; `make test PYTEST_ARGS=-x` to stop at the first failure.
+PYTEST_ARGS ?=
+
+.PHONY: train test install bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; run 'make PYTHON=python3 ...' with a Python 3.11 interpreter"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	@echo "Training $(CONFIG) into workdir: $(WORKDIR)"
+	$(PY) train.py --config $(CONFIG) --workdir $(WORKDIR)
+	@echo "Done. Samples and metrics are in $(WORKDIR)"
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS) tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/compare.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,27 @@
+"""The original fully connected GAN (Goodfellow et al., 2014) on MNIST.
+
+Run:   python train.py --config configs/gan_mlp.py --workdir runs/gan_mlp
+Smoke: python train.py --config configs/gan_mlp.py:smoke --workdir /tmp/gan_mlp
+
+Generator 100 -> 256 -> 256 -> 784 (tanh), discriminator 784 -> 256 -> 256 -> 1,
+LeakyReLU 0.2. `objective.loss` is 'minimax' (the paper's log(1 - D(G(z)))),
+switch to 'ns' for the non-saturating variant the paper recommends in practice.
+"""
+from synthjax.config import base_config, finalize
+
+
+def get_config(arg=None):
+    c = base_config()
+    c.model.family = "gan"
+    c.model.arch = "mlp"
+    c.model.z_dim = 100
+    c.model.hidden = 256
+    c.model.g_width = 0
+    c.model.d_width = 0
+    c.model.use_bias = True
+    c.model.project_bn = "feature"
+    c.model.ema_decay = 0.999
+    c.objective.loss = "minimax"
+    c.opt.update(lr=2e-4, b1=0.5, b2=0.999, d_lr=0.0)
+    c.train.update(batch_size=128, num_steps=5000, log_every=100, sample_every=1000, ckpt_every=1000)
+    return finalize(c, arg, {"model.hidden": 32})

@@ -1,0 +1,26 @@
+"""Kingma & Welling's fully connected VAE on dynamically binarised MNIST.
+
+Run:   python train.py --config configs/vae_mlp.py --workdir runs/vae_mlp
+Smoke: python train.py --config configs/vae_mlp.py:smoke --workdir /tmp/vae_mlp
+
+784 -> 400 (ReLU) -> (mu, log sigma^2) of 20 -> 400 (ReLU) -> 784 Bernoulli
+logits, z = mu + sigma * eps, analytic KL, Adam(1e-3). `objective.beta` > 1
+gives a beta-VAE; `objective.likelihood` 'gaussian' or 'logistic' (with
+data.binarize=False) models grey levels instead of binary pixels.
+"""
+from synthjax.config import base_config, finalize
+
+
+def get_config(arg=None):
+    c = base_config()
+    c.model.family = "vae"
+    c.model.arch = "mlp"
+    c.model.latent = 20
+    c.model.hidden = 400
+    c.model.width = 0
+    c.objective.likelihood = "bernoulli"
+    c.objective.beta = 1.0
+    c.data.binarize = True
+    c.opt.lr = 1e-3
+    c.train.update(batch_size=128, num_steps=5000, log_every=100, sample_every=1000, ckpt_every=1000)
+    return finalize(c, arg, {"model.hidden": 32, "model.latent": 4})

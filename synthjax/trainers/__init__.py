@@ -1,0 +1,5 @@
+"""Model families behind one interface; importing this package registers them all."""
+from synthjax.trainers.base import TRAINERS, Trainer, build_trainer, register
+from synthjax.trainers import gan, vae  # noqa: F401  (registration)
+
+__all__ = ["TRAINERS", "Trainer", "build_trainer", "register"]
