@@ -166,3 +166,10 @@ def _check_positive_int(key: str, value) -> None:
 def to_dict(config: ml_collections.ConfigDict) -> dict:
     """A plain-dict copy, for JSON files and comparisons."""
     return config_dict.ConfigDict(config).to_dict()
+
+
+def load_config_dict(values: dict) -> ml_collections.ConfigDict:
+    """A locked ConfigDict from a plain dict (e.g. a workdir's config.json)."""
+    config = ml_collections.ConfigDict(values)
+    config.lock()
+    return config
