@@ -148,7 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     init_key, step_key, eval_key, grid_key = jax.random.split(jax.random.key(config.seed), 4)
 
     checkpointer = Checkpointer(workdir, keep=t.keep)
-    state = trainer.create_state(init_key)
+    state = jax.jit(trainer.create_state)(init_key)  # one compile beats op-by-op initialisation
     restored = checkpointer.restore(state)
     start = 0
     if restored is not None:

@@ -218,8 +218,9 @@ def _tfds(cfg) -> DataSource:
     except Exception as e:  # tfds raises many kinds: network, missing files, format
         raise UserError(
             f"could not load tensorflow-datasets {name!r} split {cfg.get('split', 'train')!r}: {type(e).__name__}: {e}. "
-            f"Without network the data must be prepared beforehand (`tfds build {name} --file_format=array_record` "
-            f"on a machine with internet, then set data.tfds_data_dir); {OFFLINE_HINT}"
+            f"The data must be downloaded and prepared once, which needs internet and tensorflow "
+            f"(`pip install -e '.[tfds-prepare]'`, then `tfds build {name} --file_format=array_record`; "
+            f"point data.tfds_data_dir at the result on offline machines); {OFFLINE_HINT}"
         ) from None
     size = cfg.get("image_size", 0) or 0
     if size:
@@ -234,6 +235,8 @@ SOURCES: dict[str, Callable[[Any], DataSource]] = {
     "mnist_bundled": _bundled,
     "npz": _npz,
     "folder": _folder,
+    # Imported on use: synthjax.data.moving_mnist itself imports this module.
+    "moving_mnist": lambda cfg: importlib.import_module("synthjax.data.moving_mnist").moving_mnist_source(cfg),
     **{name: _tfds for name in TFDS_DATASETS},
 }
 

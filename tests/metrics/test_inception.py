@@ -1,0 +1,124 @@
+"""FID Inception in Flax: weight loading errors, converter checks, and parity with an independent torch model."""
+
+import hashlib
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from synthjax import metrics
+from synthjax.metrics import convert_inception, inception
+
+
+def test_missing_weights_name_the_path_and_the_conversion_command(tmp_path):
+    path = tmp_path / "nowhere" / "inception_fid.npz"
+    with pytest.raises(FileNotFoundError, match="convert_inception --torch pt_inception-2015-12-05-6726825d.pth") as e:
+        metrics.InceptionFeatureExtractor.from_npz(path)
+    assert str(path) in str(e.value)
+
+
+def _zero_state_dict():
+    # a pytorch-fid style state dict (torch layouts) built from the Flax shapes
+    sd = {}
+    for key, shape in inception.expected_variable_shapes().items():
+        collection, *modules, leaf = key.split("/")
+        prefix = ".".join(modules)
+        if leaf == "kernel" and modules[-1] == "conv":
+            sd[f"{prefix}.weight"] = np.zeros(tuple(shape[i] for i in (3, 2, 0, 1)), np.float32)
+        elif leaf == "kernel":
+            sd[f"{prefix}.weight"] = np.zeros(shape[::-1], np.float32)
+        else:
+            name = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}[leaf]
+            sd[f"{prefix}.{name}"] = np.zeros(shape, np.float32)
+        if leaf == "var":
+            sd[f"{prefix}.num_batches_tracked"] = np.zeros((), np.int64)
+    return sd
+
+
+def test_converter_accepts_a_complete_state_dict_and_rejects_broken_ones():
+    sd = _zero_state_dict()
+    assert len(convert_inception.convert_state_dict(sd)) == 472
+    missing = dict(sd)
+    del missing["Mixed_7c.branch_pool.bn.running_var"]
+    with pytest.raises(ValueError, match=r"missing \(1\): \['batch_stats/Mixed_7c/branch_pool/bn/var'\]"):
+        convert_inception.convert_state_dict(missing)
+    with pytest.raises(ValueError, match="unexpected state-dict key 'AuxLogits.fc.weight'"):
+        convert_inception.convert_state_dict({**sd, "AuxLogits.fc.weight": np.zeros((1000, 768))})
+    wrong = {**sd, "fc.weight": np.zeros((1000, 2048), np.float32)}
+    with pytest.raises(ValueError, match=r"wrong shape \(1\): \['params/fc/kernel'\]"):
+        convert_inception.convert_state_dict(wrong)
+
+
+def test_resize_matches_torch_interpolate():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    for h, w in [(32, 40), (350, 320)]:  # up- and down-sampling (no antialiasing in either library)
+        x = rng.random((2, h, w, 3), dtype=np.float32)
+        expected = torch.nn.functional.interpolate(
+            torch.from_numpy(x).permute(0, 3, 1, 2), size=(299, 299), mode="bilinear", align_corners=False
+        )
+        got = np.asarray(inception.resize_bilinear_like_torch(jnp.asarray(x)))
+        np.testing.assert_allclose(got, expected.permute(0, 2, 3, 1).numpy(), atol=2e-6)
+
+
+def _randomised_torch_model(torch):
+    """The reference net with random weights and non-trivial BatchNorm statistics.
+
+    BN scales/shifts are random; running statistics are first measured in
+    train mode on random 299x299 inputs (so activations stay O(1) through 94
+    layers instead of vanishing or exploding) and then perturbed, so eval-mode
+    BN is a genuine affine map rather than a whitening of the test batch.
+    """
+    from .torch_fid_inception import TorchFIDInception
+
+    torch.manual_seed(0)
+    model = TorchFIDInception()
+    g = torch.Generator().manual_seed(1)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for bn in bns:
+            bn.weight.uniform_(0.5, 1.5, generator=g)
+            bn.bias.uniform_(-0.2, 0.2, generator=g)
+            bn.momentum = None  # cumulative average: one batch sets the statistics
+            bn.reset_running_stats()
+        model.fc.bias.uniform_(-1.0, 1.0, generator=g)
+        model.train()
+        model(torch.rand(4, 3, 299, 299, generator=g))
+        model.eval()
+        for bn in bns:
+            bn.running_mean += 0.2 * bn.running_var.sqrt() * torch.randn(bn.running_mean.shape, generator=g)
+            bn.running_var *= torch.empty_like(bn.running_var).uniform_(0.7, 1.4, generator=g)
+    return model
+
+
+def test_flax_inception_matches_independent_torch_implementation(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    model = _randomised_torch_model(torch)
+    pth, npz = tmp_path / "random_inception.pth", tmp_path / "inception_fid.npz"
+    torch.save(model.state_dict(), pth)
+    assert convert_inception.main(["--torch", str(pth), "--out", str(npz)]) == 0
+    extractor = metrics.InceptionFeatureExtractor.from_npz(npz)
+    assert extractor.weights_hash == hashlib.sha256(npz.read_bytes()).hexdigest()
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 80, 3), dtype=np.uint8)  # resized up to 299
+    out = extractor(images)
+    with torch.no_grad():
+        pool, logits = model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
+    pool, logits = pool.numpy(), logits.numpy()
+
+    assert out["features"].shape == (2, 2048) and out["logits"].shape == (2, 1008)
+    assert (pool > 0).mean() > 0.5  # activations did not die: the comparison is not 0 == 0
+    rel_err = np.abs(out["features"] - pool).max() / np.abs(pool).max()
+    with capsys.disabled():
+        print(f"\nFID Inception flax vs torch: max |pool diff| / max |pool| = {rel_err:.2e}")
+    np.testing.assert_allclose(out["features"], pool, rtol=1e-4, atol=1e-4 * np.abs(pool).max())
+    np.testing.assert_allclose(out["logits"], logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
+    bias = model.fc.bias.detach().numpy()
+    np.testing.assert_allclose(out["logits_unbiased"], logits - bias, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
+
+
+def test_converter_cli_reports_a_missing_torch_file(tmp_path, capsys):
+    code = convert_inception.main(["--torch", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "out.npz")])
+    assert code == 2
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "out.npz").exists()
