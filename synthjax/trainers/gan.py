@@ -131,8 +131,8 @@ class GANTrainer(Trainer):
             "g_loss": g_loss,
             "d_real": jnp.mean(jax.nn.sigmoid(real_logits)),
             "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits)),
-            "g_grad_norm": optax.global_norm(g_grads),
-            "d_grad_norm": optax.global_norm(d_grads),
+            "g_grad_norm": optax.tree.norm(g_grads),
+            "d_grad_norm": optax.tree.norm(d_grads),
         }
         return new_state, parallel.pmean(metrics)
 

@@ -75,7 +75,7 @@ class VAETrainer(Trainer):
             "rec": -jnp.mean(log_px_z),
             "kl": jnp.mean(kl),
             "neg_elbo": jnp.mean(kl - log_px_z),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
         }
         return new_state, parallel.pmean(metrics)
 
