@@ -25,7 +25,14 @@ def get_config(arg=None):
     c.model.use_bias = True
     c.model.project_bn = "feature"
     c.model.ema_decay = 0.999
+    c.model.d_norm = ""  # '': BatchNorm (the paper); 'spectral' or 'none'
+    c.model.conditional = False  # True: conditional BatchNorm in G, projection D (needs labelled data)
     c.objective.loss = "ns"
+    c.objective.penalty = ""  # '', wgan_gp, r1 or dragan (synthjax/objectives/penalties.py)
+    c.objective.penalty_weight = 10.0
+    c.objective.n_critic = 1  # discriminator updates per generator update (each on a 1/n share of the batch)
+    c.objective.clip = 0.0  # > 0: WGAN weight clipping of the discriminator to [-clip, clip]
+    c.objective.diffaugment = ""  # e.g. 'color,translation,cutout' (synthjax/augment.py)
     c.opt.update(lr=2e-4, b1=0.5, b2=0.999, d_lr=0.0)
     c.train.update(batch_size=128, num_steps=1500, log_every=50, sample_every=250, ckpt_every=500)
     return finalize(c, arg, {"model.g_width": 16, "model.d_width": 8})

@@ -19,6 +19,7 @@ def get_config(arg=None):
     c.model.width = 32
     c.objective.likelihood = "bernoulli"
     c.objective.beta = 1.0
+    c.objective.iwae_k = 1  # > 1: train on the IWAE bound with this many samples (beta must be 1)
     c.data.binarize = True
     c.opt.lr = 1e-3
     c.train.update(batch_size=128, num_steps=3000, log_every=100, sample_every=1000, ckpt_every=1000)

@@ -61,6 +61,21 @@ def base_config() -> ml_collections.ConfigDict:
             progress=True,
         )
     )
+    # Sample-quality / likelihood evaluation during training (synthjax.evaluate); off by default
+    # because the first use trains the MNIST feature classifier (~1 min on a CPU).
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            every=0,  # steps between evaluations (and at the last step); 0: off
+            metrics="",  # comma-separated of fid,kid,is,pr,nll; '': all the model supports
+            num=1000,  # generated samples per evaluation (python -m synthjax.evaluate defaults to 10000)
+            extractor="mnist_classifier",  # or 'inception' with eval.weights=PATH of the converted npz
+            weights="",  # extractor weights; '': the default (classifier trained into $SYNTHJAX_CACHE on first use)
+            iwae_k=100,  # importance samples per image for IWAE likelihoods
+            nll_num=500,  # dataset images for the nll metric
+            num_ref=0,  # reference images; 0: the whole dataset
+            seed=0,  # sample seed, fixed so successive evaluations differ only by the model
+        )
+    )
     return c
 
 
@@ -111,9 +126,21 @@ def set_value(config: ml_collections.ConfigDict, key: str, value: str) -> None:
         for part in filter(None, parent.split(".")):
             node = node[part]
         old = node[leaf]
-    except (KeyError, AttributeError):
-        raise UserError(f"unknown config key {key!r}") from None
+    except (KeyError, AttributeError, TypeError):
+        raise UserError(f"unknown config key {key!r}{_did_you_mean(config, key)}") from None
     node[leaf] = _parse_like(old, value, key)
+
+
+def _did_you_mean(config: ml_collections.ConfigDict, key: str) -> str:
+    """'; did you mean ...?' with the closest existing keys, or '' when none is close."""
+    import difflib
+
+    def keys(node, prefix=""):
+        for k, v in node.items():
+            yield from keys(v, f"{prefix}{k}.") if isinstance(v, ml_collections.ConfigDict) else [f"{prefix}{k}"]
+
+    close = difflib.get_close_matches(key, list(keys(config)), n=3)
+    return f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
 
 
 def _parse_like(old, value: str, key: str):

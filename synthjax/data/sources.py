@@ -245,4 +245,17 @@ def get_source(data_cfg) -> DataSource:
     """The source named by `data_cfg.name`; see `SOURCES` for the valid names."""
     if data_cfg.name not in SOURCES:
         raise unknown_name("dataset", data_cfg.name, SOURCES, key="data.name")
-    return SOURCES[data_cfg.name](data_cfg)
+    source = SOURCES[data_cfg.name](data_cfg)
+    _check_image_size(data_cfg, source)
+    return source
+
+
+def _check_image_size(data_cfg, source: DataSource) -> None:
+    """Refuse a data.image_size the source does not deliver (only tfds sources are resized), instead of ignoring it."""
+    size = data_cfg.get("image_size", 0) or 0
+    if size and source.image_shape[:2] != (size, size):
+        h, w = source.image_shape[:2]
+        raise UserError(
+            f"data.image_size={size}, but dataset {source.name!r} holds {h}x{w} images and is not resized "
+            f"(only tensorflow-datasets sources are); set data.image_size=0 to use {h}x{w}, or resize the images first"
+        )

@@ -1,9 +1,9 @@
-"""VAE objectives: likelihoods p(x|z) and the Gaussian KL, as pure functions.
+"""VAE objectives: likelihoods p(x|z), the Gaussian KL, the IWAE bound and the VQ-VAE terms, as pure functions.
 
 Log-likelihoods are summed over pixels and channels and returned per image
 (shape (B,)), in nats. `LIKELIHOODS` maps `objective.likelihood` names to a
-`Likelihood` with the number of decoder outputs per pixel, the log-density,
-the mean (for grids) and a sampler.
+`Likelihood` with the number of decoder outputs per pixel, the log-density
+and the mean (for grids).
 """
 from __future__ import annotations
 
@@ -73,3 +73,34 @@ def get_likelihood(name: str) -> Likelihood:
 def negative_elbo(log_px_z, kl, beta: float = 1.0):
     """Batch mean of -(log p(x|z) - beta * KL); beta=1 is the VAE bound, beta>1 a beta-VAE."""
     return jnp.mean(-log_px_z + beta * kl)
+
+
+def gaussian_log_weights(log_px_z, z, eps, logvar):
+    """log p(x|z) + log p(z) - log q(z|x) per sample, for z = mu + sigma * eps.
+
+    `log_px_z` has shape (..., B) or (B, K); `z` and `eps` end in the latent
+    axis, `logvar` broadcasts against them. log q is evaluated through eps,
+    which is exact for the reparameterised Gaussian and cheaper than via z.
+    """
+    log_pz = -0.5 * jnp.sum(z**2 + LOG_2PI, axis=-1)
+    log_qz = -0.5 * jnp.sum(eps**2 + LOG_2PI + logvar, axis=-1)
+    return log_px_z + log_pz - log_qz
+
+
+def iwae_bound(log_w_bk):
+    """The importance-weighted bound log (1/K) sum_k w_k per example (Burda et al. 2016), from log w of shape (B, K).
+
+    K = 1 is a one-sample ELBO; the bound tightens towards log p(x) as K grows.
+    """
+    k = log_w_bk.shape[-1]
+    return jax.nn.logsumexp(log_w_bk, axis=-1) - jnp.log(float(k))
+
+
+def codebook_loss(z_e, z_q):
+    """||sg[z_e] - z_q||^2 summed over latent positions and channels, per image: moves the codes to the encodings."""
+    return jnp.sum((jax.lax.stop_gradient(z_e) - z_q) ** 2, axis=tuple(range(1, z_e.ndim)))
+
+
+def commitment_loss(z_e, z_q):
+    """||z_e - sg[z_q]||^2 per image: keeps the encoder close to its chosen codes (weighted by objective.commitment)."""
+    return jnp.sum((z_e - jax.lax.stop_gradient(z_q)) ** 2, axis=tuple(range(1, z_e.ndim)))

@@ -5,6 +5,14 @@ shape, says how it wants its images preprocessed, and offers four pure
 functions: `create_state`, `train_step`, `eval_step`, `sample`. Each family
 (GAN, VAE, ...) implements them in its own module and registers under the
 name used in `model.family`.
+
+Optional capability, found with `hasattr` (synthjax.evaluate's `nll` metric):
+`log_likelihood(state, x, key, num_samples) -> (B,)` log p(x) in nats per
+image for a batch `x` preprocessed as `preprocess` says; a pure function,
+jitted with `num_samples` static. Latent-variable models return a stochastic
+lower bound (the VAE: IWAE with `num_samples` importance samples); exact
+models (autoregressive) ignore `key` and `num_samples` and set the class
+attribute `log_likelihood_exact = True`.
 """
 from __future__ import annotations
 

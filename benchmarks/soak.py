@@ -1,0 +1,186 @@
+"""Soak test: train with frequent checkpoints under random SIGKILLs and check every restart.
+
+    python benchmarks/soak.py --minutes 30                # the GAN smoke model, 30 minutes
+    python benchmarks/soak.py --minutes 5 --out soak.json
+
+The run is split into episodes. Each episode trains `--config` for
+`--steps` steps in a fresh workdir through `train.py`, SIGKILLing it at a
+random moment (uniform in `--kill_after` seconds after each launch, so
+kills land in start-up, restore, training and checkpoint writes alike) and
+relaunching the same command until it finishes. Checked after every kill:
+
+- the relaunch resumes from the newest checkpoint committed before the kill
+  (never an older one, never a half-written one);
+- progress lost (last step logged before the kill minus the step resumed
+  from) is at most one checkpoint interval, plus, when the kill interrupted
+  an asynchronous save, the steps taken since that save began;
+
+and at the end of each episode the final parameters are compared, bit for
+bit, with one uninterrupted run of the same config. Exits 1 on any failure.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+from helpers import runs  # noqa: E402  (launching, killing and reading checkpoints)
+
+
+@dataclasses.dataclass
+class Kill:
+    """What the workdir held when a launch was killed, and what the next launch did with it."""
+
+    after_s: float
+    last_logged: int  # last step in metrics.jsonl (0: none)
+    committed: int  # newest finished checkpoint (0: none)
+    save_in_flight: int | None  # step of a half-written checkpoint, if the kill hit a save
+    resumed_from: int | None = None  # filled in from the next launch's output
+    lost: int | None = None
+    ok: bool | None = None
+
+
+def last_logged_step(workdir: str) -> int:
+    path = os.path.join(workdir, "metrics.jsonl")
+    steps = [0]
+    if os.path.exists(path):
+        for line in open(path):
+            try:
+                steps.append(int(json.loads(line)["step"]))
+            except (ValueError, KeyError):
+                pass  # a line torn by the kill
+    return max(steps)
+
+
+def resumed_step(log: str, workdir: str) -> int | None:
+    """The step a launch resumed from (0 for a fresh start), or None if it died before saying."""
+    match = re.search(rf"(?:resuming|starting) {re.escape(workdir)} (?:from|at) step (\d+)", runs.tail(log, 10**6))
+    return int(match.group(1)) if match else None
+
+
+def judge(kill: Kill, ckpt_every: int) -> None:
+    kill.lost = kill.last_logged - kill.resumed_from
+    allowance = ckpt_every + (max(0, kill.last_logged - kill.save_in_flight) if kill.save_in_flight else 0)
+    kill.ok = kill.resumed_from == kill.committed and kill.lost <= allowance
+
+
+def run_episode(args, index: int, rng: random.Random, reference: dict, overrides: list[str]) -> dict:
+    workdir = os.path.join(args.workdir, f"episode{index:03d}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    kills: list[Kill] = []
+    launches = 0
+    started = time.monotonic()
+    while True:
+        launches += 1
+        log = f"{workdir}.launch{launches}.log"
+        proc = runs.start(runs.train_args(args.config, workdir, *overrides), env=runs.jax_env(), log=log)
+        deadline = time.monotonic() + rng.uniform(*args.kill_after)
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if kills and kills[-1].resumed_from is None:  # judge the previous kill by where this launch resumed
+            kills[-1].resumed_from = resumed_step(log, workdir)
+            if kills[-1].resumed_from is not None:
+                judge(kills[-1], args.ckpt_every)
+        if proc.poll() is not None:
+            if proc.returncode != 0:
+                raise SystemExit(f"episode {index}: launch {launches} failed with {proc.returncode}:\n{runs.tail(log)}")
+            break
+        runs.sigkill([proc])
+        in_flight = [int(os.path.basename(p).split(".")[0]) for p in runs.tmp_checkpoints(workdir)]
+        committed = runs.committed_steps(workdir) if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
+        kills.append(Kill(round(time.monotonic() - started, 2), last_logged_step(workdir),
+                          committed[-1] if committed else 0, max(in_flight) if in_flight else None))
+        started = time.monotonic()
+    final = runs.read_state(workdir, args.steps)
+    try:
+        runs.assert_bitwise_equal(final, reference)
+        exact = True
+    except AssertionError as e:
+        exact = False
+        print(f"episode {index}: final parameters differ from the uninterrupted run: {e}", flush=True)
+    judged = [k for k in kills if k.ok is not None]
+    return {
+        "episode": index,
+        "launches": launches,
+        "kills": len(kills),
+        "kills_judged": len(judged),
+        "kills_ok": sum(k.ok for k in judged),
+        "kills_during_save": sum(k.save_in_flight is not None for k in kills),
+        "kills_before_first_checkpoint": sum(k.committed == 0 for k in kills),
+        "max_lost_steps": max((k.lost for k in judged), default=0),
+        "bit_exact": exact,
+        "details": [dataclasses.asdict(k) for k in kills],
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--config", default="configs/dcgan.py:smoke")
+    p.add_argument("--steps", type=int, default=600, help="steps per episode")
+    p.add_argument("--ckpt_every", type=int, default=50, help="steps between checkpoints (about 2 s for the smoke GAN on 2 CPU cores)")
+    p.add_argument("--kill_after", type=float, nargs=2, default=(2.0, 20.0), metavar=("MIN_S", "MAX_S"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "synthjax-soak"))
+    p.add_argument("--out", default="", help="write the full result as JSON here")
+    args = p.parse_args(argv)
+
+    overrides = [f"--config.train.num_steps={args.steps}", f"--config.train.ckpt_every={args.ckpt_every}",
+                 "--config.train.log_every=1", "--config.train.sample_every=100000", "--config.train.keep=2"]
+    os.makedirs(args.workdir, exist_ok=True)
+    rng = random.Random(args.seed)
+    begin = time.time()
+    ref_dir = os.path.join(args.workdir, "reference")
+    shutil.rmtree(ref_dir, ignore_errors=True)
+    result = runs.run(runs.train_args(args.config, ref_dir, *overrides), timeout=3600)
+    if result.returncode != 0:
+        raise SystemExit(f"reference run failed:\n{result.stderr[-3000:]}")
+    rate = re.search(r"\(([\d.]+) steps/s\)", result.stdout)
+    print(f"reference: {args.steps} steps uninterrupted ({rate.group(1) if rate else '?'} steps/s incl. start-up)", flush=True)
+    reference = runs.read_state(ref_dir, args.steps)
+
+    episodes = []
+    while time.time() - begin < args.minutes * 60:
+        episode = run_episode(args, len(episodes), rng, reference, overrides)
+        episodes.append(episode)
+        print({k: v for k, v in episode.items() if k != "details"}, flush=True)
+
+    judged = sum(e["kills_judged"] for e in episodes)
+    summary = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
+        "config": args.config,
+        "steps_per_episode": args.steps,
+        "ckpt_every": args.ckpt_every,
+        "minutes": round((time.time() - begin) / 60, 1),
+        "episodes": len(episodes),
+        "kills": sum(e["kills"] for e in episodes),
+        "kills_judged": judged,
+        "kills_ok": sum(e["kills_ok"] for e in episodes),
+        "kills_during_save": sum(e["kills_during_save"] for e in episodes),
+        "kills_before_first_checkpoint": sum(e["kills_before_first_checkpoint"] for e in episodes),
+        "max_lost_steps": max((e["max_lost_steps"] for e in episodes), default=0),
+        "episodes_bit_exact": sum(e["bit_exact"] for e in episodes),
+    }
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"summary": summary, "episodes": episodes}, f, indent=2)
+    failed = summary["kills_ok"] != judged or summary["episodes_bit_exact"] != len(episodes)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Shared helpers for the reliability tests: launching train.py in subprocesses, killing it, reading checkpoints."""

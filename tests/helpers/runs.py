@@ -1,0 +1,142 @@
+"""Launch `train.py` in subprocesses, kill it between checkpoints, and read what it left behind.
+
+Subprocesses get their own number of simulated CPU devices through
+JAX_NUM_CPU_DEVICES (the test process's devices are fixed by conftest.py) and
+share a persistent XLA compilation cache, so only the first launch of a
+config pays for compiling it. On CPU a compiled program is a deterministic
+function of its HLO, so a cached executable computes exactly what a fresh
+compile would; the tests therefore still prove bit-exact resume.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SLOW_TRAIN = os.path.join(REPO, "tests", "helpers", "slow_train.py")
+COMPILE_CACHE = os.path.join(tempfile.gettempdir(), f"synthjax-test-xla-cache-{os.getuid()}")
+
+
+def config_path(name: str) -> str:
+    """'dcgan.py:smoke' or 'configs/dcgan.py:smoke' -> an absolute path with its variant."""
+    file, sep, arg = name.partition(":")
+    if not os.path.isabs(file):
+        file = os.path.join(REPO, file if file.startswith("configs/") else os.path.join("configs", file))
+    return f"{file}{sep}{arg}"
+
+
+def jax_env(devices: int = 1, **extra: str) -> dict[str, str]:
+    """Environment for a CPU-only JAX subprocess with `devices` simulated devices."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env.update(
+        JAX_PLATFORMS="cpu",
+        JAX_NUM_CPU_DEVICES=str(devices),
+        JAX_COMPILATION_CACHE_DIR=COMPILE_CACHE,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        **extra,
+    )
+    return env
+
+
+def train_args(config: str, workdir: str, *overrides: str, delay: float | None = None) -> list[str]:
+    """argv for train.py (or the slowed launcher when `delay` seconds per step are wanted)."""
+    entry = [SLOW_TRAIN, str(delay)] if delay else [os.path.join(REPO, "train.py")]
+    return [sys.executable, *entry, "--config", config_path(config), "--workdir", workdir, *overrides]
+
+
+def run(args: list[str], env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=REPO, env=env or jax_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def start(args: list[str], env: dict | None = None, log: str | None = None) -> subprocess.Popen:
+    """Start a subprocess whose stdout+stderr go to `log` (a file, so a full pipe never blocks it)."""
+    out = open(log, "w") if log else subprocess.DEVNULL
+    return subprocess.Popen(args, cwd=REPO, env=env or jax_env(), stdout=out, stderr=subprocess.STDOUT)
+
+
+def committed_steps(workdir: str) -> list[int]:
+    """Steps whose checkpoint directory is finished (orbax renames it into place when complete)."""
+    names = os.listdir(os.path.join(workdir, "checkpoints")) if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def tmp_checkpoints(workdir: str) -> list[str]:
+    return glob.glob(os.path.join(workdir, "checkpoints", "*.orbax-checkpoint-tmp*"))
+
+
+def wait_for(predicate, procs: list[subprocess.Popen], timeout: float, what: str, poll: float = 0.01) -> None:
+    """Poll `predicate` until true; fail early when a process exits first."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        for p in procs:
+            if p.poll() is not None:
+                raise AssertionError(f"process exited with {p.returncode} while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(poll)
+
+
+def sigkill(procs: list[subprocess.Popen]) -> None:
+    """SIGKILL each process (by its own pid) and reap it."""
+    for p in procs:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+    for p in procs:
+        p.wait(timeout=30)
+
+
+def read_state(workdir: str, step: int) -> dict:
+    """The saved TrainState of checkpoint `step` as numpy arrays, whatever devices wrote it (no model code needed)."""
+    import jax
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    tree = ocp.StandardCheckpointHandler().metadata(epath.Path(path)).tree
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    with ocp.PyTreeCheckpointer() as ckptr:
+        return ckptr.restore(path, args=ocp.args.PyTreeRestore(item=None, restore_args=as_numpy))
+
+
+def read_meta(workdir: str, step: int) -> dict:
+    with open(os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")) as f:
+        return json.load(f)
+
+
+def flat(tree) -> dict[str, np.ndarray]:
+    """{'/params/Dense_0/kernel': array, ...} for any nesting of dicts, lists and tuples."""
+    import jax
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(leaf) for path, leaf in leaves}
+
+
+def assert_bitwise_equal(a: dict, b: dict) -> None:
+    """Same leaves, shapes, dtypes and bit patterns (NaN-safe, -0.0 != 0.0)."""
+    fa, fb = flat(a), flat(b)
+    assert sorted(fa) == sorted(fb)
+    differ = [k for k in fa if fa[k].dtype != fb[k].dtype or fa[k].shape != fb[k].shape or fa[k].tobytes() != fb[k].tobytes()]
+    assert not differ, f"{len(differ)} of {len(fa)} arrays differ, e.g. {differ[:5]}"
+
+
+def assert_close(a: dict, b: dict, rtol: float, atol: float) -> None:
+    fa, fb = flat(a), flat(b)
+    assert sorted(fa) == sorted(fb)
+    for k in fa:
+        np.testing.assert_allclose(fa[k], fb[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+def tail(path: str, n: int = 3000) -> str:
+    try:
+        with open(path) as f:
+            return f.read()[-n:]
+    except OSError:
+        return ""

@@ -1,0 +1,103 @@
+"""The MNIST domain classifier: training, the weights file and its hash, the extractor, the CLI, first-use training."""
+
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from synthjax import metrics
+from synthjax.data import load_bundled_mnist
+from synthjax.errors import UserError
+from synthjax.metrics import classifier as clf
+
+QUIET = dict(log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def data():
+    images, labels = load_bundled_mnist()
+    return images[:1200], labels[:1200]
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    """60 steps on 1000 images (200 held out): enough to learn something, fast enough for a unit test."""
+    return clf.train_classifier(*data, steps=60, holdout=200, **QUIET)
+
+
+def test_training_learns_and_is_deterministic(data, trained):
+    params, meta = trained
+    assert meta["heldout_accuracy"] > 0.5  # chance is 0.1
+    assert (meta["num_train"], meta["holdout"], meta["num_classes"]) == (1000, 200, 10)
+    again, _ = clf.train_classifier(*data, steps=60, holdout=200, **QUIET)
+    flat = lambda p: {k: np.asarray(v) for k, v in traverse_util.flatten_dict(p, sep="/").items()}  # noqa: E731
+    assert clf.weights_sha256(flat(params)) == clf.weights_sha256(flat(again))
+
+
+def test_holdout_is_a_seeded_disjoint_split():
+    train, held = clf.split_holdout(100, 20, seed=0)
+    assert len(held) == 20 and len(train) == 80 and not set(train) & set(held)
+    np.testing.assert_array_equal(held, clf.split_holdout(100, 20, seed=0)[1])
+    with pytest.raises(UserError, match=r"--holdout=100 must lie in \(0, 100\)"):
+        clf.split_holdout(100, 100, seed=0)
+
+
+def test_weights_round_trip_with_a_hash_of_the_arrays_only(trained, tmp_path):
+    params, meta = trained
+    digest = clf.save_weights(tmp_path / "a.npz", params, meta)
+    assert clf.save_weights(tmp_path / "b.npz", params, {**meta, "note": "other metadata"}) == digest
+    loaded, loaded_meta, loaded_digest = clf.load_weights(tmp_path / "a.npz")
+    assert loaded_digest == digest == loaded_meta["weights_sha256"]
+    np.testing.assert_array_equal(loaded["logits"]["kernel"], np.asarray(params["logits"]["kernel"]))
+
+
+def test_altered_or_foreign_files_are_refused(trained, tmp_path):
+    params, meta = trained
+    path = tmp_path / "w.npz"
+    clf.save_weights(path, params, meta)
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["logits/bias"] = arrays["logits/bias"] + 1.0
+    np.savez(tmp_path / "altered.npz", **arrays)
+    with pytest.raises(UserError, match=r"weights sha256 .* differs from the .* recorded .* delete it and retrain"):
+        clf.load_weights(tmp_path / "altered.npz")
+    np.savez(tmp_path / "foreign.npz", x=np.zeros(3))
+    with pytest.raises(UserError, match="does not hold synthjax classifier weights"):
+        clf.load_weights(tmp_path / "foreign.npz")
+    with pytest.raises(FileNotFoundError, match=r"(?s)not found at .*missing.npz.*python -m synthjax.metrics.classifier"):
+        clf.load_weights(tmp_path / "missing.npz")
+
+
+def test_extractor_features_logits_and_input_checks(trained, data, tmp_path):
+    clf.save_weights(tmp_path / "w.npz", *trained)
+    ext = clf.ClassifierFeatureExtractor.from_npz(tmp_path / "w.npz", batch_size=64)
+    assert isinstance(ext, metrics.FeatureExtractor) and len(ext.weights_hash) == 64
+    out = ext(data[0][:100])
+    assert out["features"].shape == (100, 128) and out["logits"].shape == (100, 10)
+    assert np.all(out["features"] >= 0)  # post-ReLU penultimate layer
+    accuracy = np.mean(out["logits"].argmax(-1) == data[1][:100])
+    assert accuracy > 0.5
+    with pytest.raises(ValueError, match="are 32x32; expected .*28x28"):
+        ext(np.zeros((2, 32, 32, 1), np.uint8))
+    with pytest.raises(ValueError, match="3 channels"):
+        ext(np.zeros((2, 28, 28, 3), np.uint8))
+
+
+def test_cli_trains_and_reports(tmp_path, capsys):
+    assert clf.main(["--out", str(tmp_path), "--steps", "3", "--holdout", "9000"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out accuracy" in out and "weights_sha256" in out
+    assert (tmp_path / clf.WEIGHTS_FILE).is_file()
+    assert clf.main(["--out", str(tmp_path), "--holdout", "0"]) == 2
+    assert "--holdout=0 must lie in" in capsys.readouterr().err
+    assert clf.main(["--out", str(tmp_path), "--data", "mnsit"]) == 2
+    assert "unknown dataset 'mnsit'" in capsys.readouterr().err
+
+
+def test_default_weights_are_trained_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTHJAX_CACHE", str(tmp_path))
+    said = []
+    path = clf.ensure_default_weights(steps=2, log=said.append)
+    assert path == tmp_path / clf.WEIGHTS_FILE and path.is_file()
+    assert any("training it once now" in line for line in said)
+    said.clear()
+    assert clf.ensure_default_weights(steps=2, log=said.append) == path and not said

@@ -1,0 +1,228 @@
+"""synthjax.evaluate: eval.json from a smoke-trained GAN, periodic evaluation, the reference cache, VAE IWAE, errors.
+
+One tiny classifier (a few steps) and one smoke DCGAN run (with periodic
+evaluation switched on) are built once per session under a file lock in the
+directory xdist workers share, so the module costs one training whichever
+workers its tests land on (`--dist loadgroup` does not group them with
+pytest 9 + xdist 3.8). Tests that write into the run get their own copy.
+"""
+import contextlib
+import fcntl
+import json
+import math
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from synthjax import evaluate as ev
+from synthjax.config import load_config
+from synthjax.data import load_bundled_mnist
+from synthjax.errors import UserError
+from synthjax.metrics import classifier as clf
+from synthjax.metrics import frechet_distance, gaussian_stats, reference
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(num=200, num_ref=500)  # 200 > 129: enough for a non-singular 128-d FID covariance
+QUIET = dict(log=lambda _: None)
+
+
+@contextlib.contextmanager
+def built_once(tmp_path_factory, name: str):
+    """Yield (directory, done) under an exclusive lock in the temp root shared by all xdist workers."""
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    path = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield path, (path / ".done").exists()
+        (path / ".done").touch()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A private $SYNTHJAX_CACHE holding a classifier trained for a few steps (the default trains 2000)."""
+    with built_once(tmp_path_factory, "synthjax-eval-cache") as (root, done):
+        if not done:
+            clf.train_and_save(root / clf.WEIGHTS_FILE, steps=40, holdout=1000, **QUIET)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SYNTHJAX_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def extractor(cache):
+    return clf.ClassifierFeatureExtractor.from_npz(clf.default_weights_path())
+
+
+@pytest.fixture(scope="module")
+def gan_run(cache, tmp_path_factory):
+    """configs/dcgan.py:smoke trained for 6 steps with evaluation every 3 steps (read-only: copy to write)."""
+    from synthjax.train import train_and_evaluate
+
+    with built_once(tmp_path_factory, "synthjax-eval-gan") as (workdir, done):
+        if not done:
+            overrides = ["eval.every=3", "eval.num=200", "eval.num_ref=500", "eval.metrics=fid,kid,is,pr"]
+            train_and_evaluate(load_config(os.path.join(REPO, "configs/dcgan.py:smoke"), overrides), str(workdir))
+    return str(workdir)
+
+
+@pytest.fixture
+def gan_workdir(gan_run, tmp_path):
+    """A private copy of the smoke GAN run, for tests that write eval.json."""
+    return str(shutil.copytree(gan_run, tmp_path / "gan", ignore=shutil.ignore_patterns(".done")))
+
+
+def test_periodic_evaluation_is_logged_like_other_metrics(gan_run):
+    lines = [json.loads(line) for line in open(os.path.join(gan_run, "metrics.jsonl"))]
+    evals = [r for r in lines if "eval/fid" in r]
+    assert [r["step"] for r in evals] == [3, 6]
+    for r in evals:
+        for key in ("eval/fid", "eval/kid", "eval/is", "eval/precision", "eval/recall"):
+            assert math.isfinite(r[key]), (key, r)
+
+
+def test_evaluate_workdir_writes_eval_json_with_finite_metrics(gan_workdir, extractor):
+    result = ev.evaluate_workdir(gan_workdir, ev.EvalSettings(**SMALL), **QUIET)
+    saved = json.load(open(os.path.join(gan_workdir, "eval.json")))
+    assert saved == json.loads(json.dumps(result))
+    assert saved["step"] == 6 and saved["num_samples"] == 200 and saved["dataset"]["name"] == "mnist_bundled"
+    assert saved["extractor"]["weights_sha256"] == extractor.weights_hash
+    for key in ("fid", "kid", "kid_std", "is", "is_std", "is_real", "precision", "recall"):
+        assert math.isfinite(saved["metrics"][key]), key
+    assert saved["metrics"]["fid"] > 0 and 1.0 <= saved["metrics"]["is"] <= 10.0
+    assert "nll_nats" not in saved["metrics"]  # a GAN has no likelihood: nll is not in the default set
+
+
+def test_reference_cache_is_reused_and_keyed_by_weights_hash(gan_workdir, cache, tmp_path):
+    settings = ev.EvalSettings(**SMALL, metrics=("fid",))
+    first = ev.evaluate_workdir(gan_workdir, settings, **QUIET)
+    path = first["reference"]["path"]
+    mtime = os.stat(path).st_mtime_ns
+    second = ev.evaluate_workdir(gan_workdir, settings, **QUIET)
+    assert second["reference"] == {**first["reference"], "cached": True}
+    assert os.stat(path).st_mtime_ns == mtime  # read, not rewritten
+    assert second["metrics"]["fid"] == first["metrics"]["fid"]  # same seed, same samples, same statistics
+
+    params, meta, _ = clf.load_weights(clf.default_weights_path())  # altered weights -> new hash -> new cache entry
+    params["logits"]["bias"] = params["logits"]["bias"] + 1e-3
+    other = tmp_path / "other.npz"
+    clf.save_weights(other, params, meta)
+    third = ev.evaluate_workdir(gan_workdir, ev.EvalSettings(**SMALL, metrics=("fid",), weights=str(other)), **QUIET)
+    assert third["extractor"]["weights_sha256"] != first["extractor"]["weights_sha256"]
+    assert third["reference"]["cached"] is False and third["reference"]["path"] != path
+
+
+def test_evaluator_draws_the_samples_synthjax_sample_exports(gan_run, cache):
+    from synthjax.sample import generate, load_run
+
+    config, trainer, state, _ = load_run(gan_run)
+    evaluator = ev.Evaluator(config, trainer, ev.EvalSettings(**SMALL), **QUIET)
+    np.testing.assert_array_equal(evaluator.generate(state), generate(trainer, state, 200, 0, batch=200))
+
+
+def test_reference_statistics_computed_once_per_key(extractor, tmp_path):
+    images = load_bundled_mnist()[0][:300]
+    calls = []
+
+    def load():
+        calls.append(1)
+        return images
+
+    dataset = {"name": "mnist_bundled", "num_ref": 300}
+    a = reference.load_or_compute(dataset, load, extractor, root=tmp_path, **QUIET)
+    b = reference.load_or_compute(dataset, load, extractor, root=tmp_path, **QUIET)
+    assert len(calls) == 1 and not a.cached and b.cached
+    np.testing.assert_array_equal(a.sigma, b.sigma)
+    reference.load_or_compute({**dataset, "split": "test"}, load, extractor, root=tmp_path, **QUIET)
+    assert len(calls) == 2  # another dataset description is another key
+
+
+def test_fid_of_real_data_is_zero_against_itself_and_large_against_noise(extractor):
+    images = load_bundled_mnist()[0]
+    real_a, real_b = extractor(images[:1000])["features"], extractor(images[1000:2000])["features"]
+    noise = np.random.default_rng(0).integers(0, 256, (1000, 28, 28, 1), dtype=np.uint8)
+    stats_a = gaussian_stats(real_a)
+    assert abs(frechet_distance(*stats_a, *gaussian_stats(real_a))) < 1e-6
+    real_vs_real = frechet_distance(*stats_a, *gaussian_stats(real_b))
+    real_vs_noise = frechet_distance(*stats_a, *gaussian_stats(extractor(noise)["features"]))
+    assert real_vs_noise > 20 * real_vs_real, (real_vs_real, real_vs_noise)
+
+
+@pytest.fixture(scope="module")
+def vae():
+    """configs/vae_mlp.py:smoke trained for 30 steps on 4 simulated devices, and 64 binarised images."""
+    from synthjax.parallel import DataParallel
+    from synthjax.trainers import build_trainer
+
+    config = load_config(os.path.join(REPO, "configs/vae_mlp.py:smoke"), ["train.batch_size=64"])
+    trainer = build_trainer(config, (28, 28, 1))
+    dp = DataParallel("shard_map")
+    images = load_bundled_mnist()[0]
+    rng = np.random.default_rng(0)
+    binarise = lambda u8: (rng.random(u8.shape, dtype=np.float32) < u8 / 255.0).astype(np.float32)  # noqa: E731
+    state = dp.put_state(jax.jit(trainer.create_state)(jax.random.key(0)))
+    step = dp.compile_step(trainer.train_step)
+    for i in range(30):
+        state, _ = step(state, dp.put_batch({"image": binarise(images[64 * i : 64 * (i + 1)])}), jax.random.key(1))
+    return config, trainer, dp, state, binarise(images[5000:5064])
+
+
+def test_vae_iwae_bound_is_finite_above_the_elbo_and_reported_as_nll(vae):
+    config, trainer, dp, state, x = vae
+    ll = jax.jit(trainer.log_likelihood, static_argnums=3)
+    iwae_64 = np.asarray(ll(state, x, jax.random.key(2), 64))
+    iwae_1 = np.asarray(ll(state, x, jax.random.key(2), 1))
+    assert iwae_64.shape == (64,) and np.all(np.isfinite(iwae_64))
+    eval_step = dp.compile_eval(trainer.eval_step)
+    batch = dp.put_batch({"image": x})
+    neg_elbo = np.mean([float(eval_step(state, batch, jax.random.key(k))["neg_elbo"]) for k in range(8)])
+    # E[IWAE_k] >= ELBO; the batch mean of 64 images is far above the noise of either estimate here.
+    assert iwae_64.mean() >= -neg_elbo and iwae_64.mean() >= iwae_1.mean()
+    assert -iwae_64.mean() < 784 * math.log(2)  # better than a coin per pixel
+
+    evaluator = ev.Evaluator(config, trainer, ev.EvalSettings(metrics=("nll",), iwae_k=16, nll_num=64), **QUIET)
+    out = evaluator(state)
+    assert set(out) == {"nll_nats", "nll_bits_per_dim"} and math.isfinite(out["nll_nats"])
+    assert out["nll_bits_per_dim"] == pytest.approx(out["nll_nats"] / (784 * math.log(2)))
+    convention = evaluator.describe()["nll"]["convention"]
+    assert "{0,1}^D" in convention and "k=16" in convention
+
+
+def test_bad_metric_names_list_the_valid_ones():
+    with pytest.raises(UserError, match=r"unknown metric\(s\) \['fdi'\]; valid: fid, kid, is, pr, nll"):
+        ev.parse_metrics("fdi,kid")
+
+
+def test_missing_weight_files_say_how_to_make_them(tmp_path):
+    with pytest.raises(UserError, match=r"(?s)classifier weights not found at .*missing.npz.*python -m synthjax.metrics.classifier --out"):
+        ev.load_extractor("mnist_classifier", str(tmp_path / "missing.npz"))
+    with pytest.raises(FileNotFoundError, match=r"(?s)FID Inception weights not found.*convert_inception"):
+        ev.load_extractor("inception", str(tmp_path / "inception.npz"))
+    with pytest.raises(UserError, match=r"unknown extractor 'vgg' \(--extractor\); valid: mnist_classifier, inception"):
+        ev.validate_settings(ev.EvalSettings(extractor="vgg"))
+
+
+def test_mnist_classifier_refuses_rgb_32x32_data(extractor):
+    with pytest.raises(UserError, match=r"takes \(N, H, W, 1\) uint8 .*28x28.*'cifar10' has 32x32x3.*--extractor inception"):
+        ev.check_compatible(extractor, (32, 32, 3), "cifar10")
+    ev.check_compatible(extractor, (28, 28, 1), "mnist")
+
+
+def test_too_few_samples_name_the_minimum(extractor):
+    with pytest.raises(UserError, match=r"--num=50 is too few samples for fid .*at least 129; use --num >= 129"):
+        ev.check_sample_counts(("kid", "fid"), 50, 10000, extractor)
+    with pytest.raises(UserError, match=r"--num=5 is too few samples for is .*at least 10"):
+        ev.check_sample_counts(("is",), 5, 10000, extractor)
+
+
+def test_nll_on_a_gan_and_bad_eval_config_are_user_errors(gan_workdir, capsys):
+    assert ev.main(["--workdir", gan_workdir, "--metrics", "fid,nll", "--num", "200"]) == 2
+    assert "metric 'nll' needs a trainer with log_likelihood" in capsys.readouterr().err
+    assert ev.main(["--workdir", gan_workdir, "--metrics", "fid,bogus"]) == 2
+    assert "valid: fid, kid, is, pr, nll" in capsys.readouterr().err
+    config = load_config(os.path.join(REPO, "configs/dcgan.py:smoke"), ["eval.every=2", "eval.num=0"])
+    with pytest.raises(UserError, match="eval.num must be an integer >= 1; got 0"):
+        ev.periodic_evaluator(config, trainer=None)
