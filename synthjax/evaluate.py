@@ -55,6 +55,7 @@ INCEPTION_FILE = "inception_fid.npz"
 IS_SPLITS = 10
 PR_K = 3
 KID_SUBSET = 1000
+SAMPLE_BATCH = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,9 +284,9 @@ class Evaluator:
         self.ref = reference.load_or_compute(dataset_description(self.config.data, num_ref), load, self.extractor, log=self.log)
 
     def generate(self, state: Any) -> np.ndarray:
-        """`settings.num` uint8 samples: the same draws as `synthjax.sample.generate(..., seed, batch=min(num, 1000))`."""
+        """`settings.num` uint8 samples, the images `python -m synthjax.sample --num N --seed S` exports."""
         s = self.settings
-        batch, key = min(s.num, 1000), jax.random.key(s.seed)
+        batch, key = SAMPLE_BATCH, jax.random.key(s.seed)  # sample.generate's default batch: the same draws
         chunks = [to_uint8(np.asarray(self._sample(state, jax.random.fold_in(key, i), batch))) for i in range(-(-s.num // batch))]
         return np.concatenate(chunks)[: s.num]
 

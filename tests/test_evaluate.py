@@ -120,7 +120,7 @@ def test_evaluator_draws_the_samples_synthjax_sample_exports(gan_run, cache):
 
     config, trainer, state, _ = load_run(gan_run)
     evaluator = ev.Evaluator(config, trainer, ev.EvalSettings(**SMALL), **QUIET)
-    np.testing.assert_array_equal(evaluator.generate(state), generate(trainer, state, 200, 0, batch=200))
+    np.testing.assert_array_equal(evaluator.generate(state), generate(trainer, state, 200, 0))
 
 
 def test_reference_statistics_computed_once_per_key(extractor, tmp_path):

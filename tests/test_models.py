@@ -65,8 +65,8 @@ def test_gan_shapes_range_and_finiteness(arch, shape, dtype):
 def test_unsupported_image_size_names_the_config_key():
     with pytest.raises(UserError, match="data.image_size=30 is not supported"):
         build_gan(gan_cfg(), (30, 30, 1), jnp.float32)
-    with pytest.raises(UserError, match="unknown GAN architecture 'resnet'.*dcgan, mlp"):
-        build_gan(gan_cfg(arch="resnet"), (28, 28, 1), jnp.float32)
+    with pytest.raises(UserError, match="unknown GAN architecture 'transformer'.*dcgan"):
+        build_gan(gan_cfg(arch="transformer"), (28, 28, 1), jnp.float32)
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])

@@ -91,30 +91,32 @@ def _manual_run(overrides, data_seed, steps):
 
 
 def test_vmapped_sweep_equals_runs_one_by_one(tmp_path):
-    """lr x seed stacked in one program == train_and_evaluate per run (same seed) == a plain loop (other seed)."""
-    stacked = sweep.run_sweep(VAE, str(tmp_path / "vmap"), ["opt.lr=1e-3,3e-3", "seed=0:2"], vmap=True, overrides=SHORT,
-                              log=lambda _: None)
+    """beta x seed stacked in one program == train_and_evaluate per run (same seed) == a plain loop (other seed)."""
+    axes = ["objective.beta=1,4", "seed=0:2"]
+    stacked = sweep.run_sweep(VAE, str(tmp_path / "vmap"), axes, vmap=True, overrides=[*SHORT, "opt.lr=3e-3"], log=lambda _: None)
     assert len(stacked.runs) == 4
+    rows = _rows(stacked.csv_path)
+    for name, row in rows.items():  # each member trained on its own beta: loss = rec + beta * kl
+        np.testing.assert_allclose(float(row["loss"]), float(row["rec"]) + float(row["objective.beta"]) * float(row["kl"]), rtol=1e-5)
     # 1. The seed-0 member equals the normal loop's run of the same config (same data, keys, evaluation).
-    alone = sweep.run_sweep(VAE, str(tmp_path / "seq"), ["opt.lr=3e-3"], overrides=SHORT, log=lambda _: None)
-    got, want = _rows(stacked.csv_path)["opt.lr=0.003__seed=0"], _rows(alone.csv_path)["opt.lr=0.003"]
+    alone = sweep.run_sweep(VAE, str(tmp_path / "seq"), ["objective.beta=4"], overrides=[*SHORT, "opt.lr=3e-3"], log=lambda _: None)
+    got, want = rows["objective.beta=4.0__seed=0"], _rows(alone.csv_path)["objective.beta=4.0"]
     for key in ("loss", "kl", "rec", "neg_elbo", "grad_norm", "eval/neg_elbo", "eval/bits_per_dim"):
         np.testing.assert_allclose(float(got[key]), float(want[key]), rtol=1e-5, err_msg=key)
     # 2. The seed-1 member equals its plain step run alone on the shared data stream (the config's seed, 0).
-    trainer, dp, state, losses = _manual_run(["opt.lr=1e-3", "seed=1"], data_seed=0, steps=4)
-    member = os.path.join(str(tmp_path / "vmap"), "opt.lr=0.001__seed=1")
+    trainer, dp, state, losses = _manual_run(["objective.beta=4", "opt.lr=3e-3", "seed=1"], data_seed=0, steps=4)
+    member = os.path.join(str(tmp_path / "vmap"), "objective.beta=4.0__seed=1")
     restored, _, step = Checkpointer(member).restore(abstract_state(trainer, jax.random.key(1), dp))
     assert step == 4
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), jax.device_get(restored), state)
     logged = [float(r["loss"]) for r in map(eval_json, open(os.path.join(member, "metrics.jsonl"))) if "loss" in r]
     np.testing.assert_allclose(logged, [np.mean(losses[:2]), np.mean(losses[2:])], rtol=1e-5)
     # 3. The results: CSV rows, a Markdown table of mean ± std over seeds per lr, the plot.
-    assert "| opt.lr | n | neg_elbo | eval/bits_per_dim |" in stacked.table
+    assert "| objective.beta | n | neg_elbo | eval/bits_per_dim |" in stacked.table
     assert stacked.table.count("| 2 |") == 2 and "±" in stacked.table
     assert os.path.getsize(stacked.plot_path) > 1000 and stacked.plot_path.endswith("neg_elbo.png")
     # 4. A rerun finds every run finished and trains nothing.
-    again = sweep.run_sweep(VAE, str(tmp_path / "vmap"), ["opt.lr=1e-3,3e-3", "seed=0:2"], vmap=True, overrides=SHORT,
-                            log=lambda _: None)
+    again = sweep.run_sweep(VAE, str(tmp_path / "vmap"), axes, vmap=True, overrides=[*SHORT, "opt.lr=3e-3"], log=lambda _: None)
     assert again.summaries == stacked.summaries
 
 

@@ -204,13 +204,11 @@ def test_conditional_gan_trains_on_labels_and_the_class_changes_the_image():
     assert float(jnp.abs(pair[0] - pair[1]).max()) > 0  # same noise, two labels, two images
 
 
-def test_beta_and_iwae_objectives_in_the_vae_step():
-    trainer, dp, batches, state = setup("vae_mlp.py:smoke", ["objective.beta=4"], ONE)
-    _, (m,) = run_steps(trainer, dp, batches, state, 1)
-    np.testing.assert_allclose(m["loss"], m["rec"] + 4 * m["kl"], rtol=1e-5)
+def test_iwae_step_trains_on_the_importance_weighted_bound():
+    # beta-VAE steps (loss = rec + beta * kl) are checked per member in tests/test_sweep.py.
     trainer, dp, batches, state = setup("iwae.py:smoke", devices=ONE)
     _, (m,) = run_steps(trainer, dp, batches, state, 1)
-    assert m["loss"] <= m["neg_elbo"] + 1e-3  # the IWAE bound is at least the average ELBO of its samples
+    assert np.isfinite(m["loss"]) and m["loss"] <= m["neg_elbo"] + 1e-3  # the bound is at least the average ELBO of its samples
 
 
 def test_vqvae_ema_codebook_and_straight_through_gradients():
