@@ -29,7 +29,6 @@ import random
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -85,21 +84,26 @@ def run_episode(args, index: int, rng: random.Random, reference: dict, overrides
     while True:
         launches += 1
         log = f"{workdir}.launch{launches}.log"
-        proc = runs.start(runs.train_args(args.config, workdir, *overrides), env=runs.jax_env(), log=log)
+        # Unbuffered, so the "resuming ... from step N" line is on disk before any kill.
+        proc = runs.start(runs.train_args(args.config, workdir, *overrides), env=runs.jax_env(PYTHONUNBUFFERED="1"), log=log)
         deadline = time.monotonic() + rng.uniform(*args.kill_after)
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            runs.sigkill([proc])  # no-op when it has finished
         if kills and kills[-1].resumed_from is None:  # judge the previous kill by where this launch resumed
             kills[-1].resumed_from = resumed_step(log, workdir)
             if kills[-1].resumed_from is not None:
                 judge(kills[-1], args.ckpt_every)
-        if proc.poll() is not None:
+                if not kills[-1].ok:
+                    print(f"episode {index}: FAILED after kill {len(kills)}: {dataclasses.asdict(kills[-1])}", flush=True)
+        if proc.returncode != -signal.SIGKILL:
             if proc.returncode != 0:
                 raise SystemExit(f"episode {index}: launch {launches} failed with {proc.returncode}:\n{runs.tail(log)}")
             break
-        runs.sigkill([proc])
         in_flight = [int(os.path.basename(p).split(".")[0]) for p in runs.tmp_checkpoints(workdir)]
-        committed = runs.committed_steps(workdir) if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
+        committed = runs.committed_steps(workdir)
         kills.append(Kill(round(time.monotonic() - started, 2), last_logged_step(workdir),
                           committed[-1] if committed else 0, max(in_flight) if in_flight else None))
         started = time.monotonic()

@@ -27,6 +27,7 @@ def get_config(arg=None):
     c.model.ema_decay = 0.999
     c.model.d_norm = ""  # '': BatchNorm (the paper); 'spectral' or 'none'
     c.model.conditional = False  # True: conditional BatchNorm in G, projection D (needs labelled data)
+    c.model.conv_impl = "auto"  # 'matmul': GEMM-only convolutions, faster under `synthjax.sweep --vmap` on CPU
     c.objective.loss = "ns"
     c.objective.penalty = ""  # '', wgan_gp, r1 or dragan (synthjax/objectives/penalties.py)
     c.objective.penalty_weight = 10.0

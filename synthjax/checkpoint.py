@@ -113,8 +113,8 @@ class Checkpointer:
 
     def _check_structure(self, step: int, abstract: Any) -> None:
         """Raise a UserError when checkpoint `step` holds other parameter names or shapes than `abstract`."""
-        saved = {path: (tuple(m.shape), np.dtype(m.dtype).name) for path, m in _named_leaves(self.manager.item_metadata(step)["state"])}
-        wanted = {path: (tuple(s.shape), np.dtype(s.dtype).name) for path, s in _named_leaves(abstract)}
+        saved = {path: _shape_dtype(m) for path, m in _named_leaves(self.manager.item_metadata(step)["state"])}
+        wanted = {path: _shape_dtype(s) for path, s in _named_leaves(abstract)}
         if saved == wanted:
             return
         diffs = [f"{p}: only in the checkpoint" for p in sorted(set(saved) - set(wanted))]
@@ -156,6 +156,13 @@ def _named_leaves(tree: Any) -> list[tuple[str, Any]]:
     """(slash-separated path, leaf) pairs; dataclass fields and dict keys name the same path."""
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))[0]
     return [("/".join(_key_name(k) for k in path), leaf) for path, leaf in leaves]
+
+
+def _shape_dtype(leaf: Any) -> tuple[tuple[int, ...], str]:
+    """(shape, dtype name) as stored: PRNG keys are stored as their uint32 key data."""
+    if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.eval_shape(jax.random.key_data, leaf)
+    return tuple(leaf.shape), np.dtype(leaf.dtype).name
 
 
 def _key_name(key: Any) -> str:

@@ -423,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items())
-    print(f"synthjax.evaluate: step {result['step']}, {result['num_samples']} samples: {summary} -> {a.out or Path(a.workdir) / 'eval.json'}")
+    out = a.out or Path(a.workdir) / "eval.json"
+    print(f"synthjax.evaluate: step {result['step']}, {result['num_samples']} samples: {summary} -> {out}")
     return 0
 
 

@@ -34,7 +34,11 @@ def load_run(workdir: str):
         config = load_config_dict(json.load(f))
     source = get_source(config.data)
     trainer = build_trainer(config, source.image_shape, source.num_classes)
-    restored = Checkpointer(workdir, keep=config.train.keep).restore(trainer.create_state(jax.random.key(0)))
+    # Restore into shapes only: initialising a real state op by op costs seconds.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shapes = jax.eval_shape(trainer.create_state, jax.random.key(0))
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
+    restored = Checkpointer(workdir, keep=config.train.keep).restore(target)
     if restored is None:
         raise UserError(f"no checkpoint in {workdir!r}; train first with python train.py --workdir {workdir}")
     state, _, step = restored

@@ -125,14 +125,15 @@ class MetricWindow:
 class MetricWriter:
     """metrics.jsonl (deterministic), timing.jsonl (wall clock) and TensorBoard files; only process 0 writes."""
 
-    def __init__(self, workdir: str, enabled: bool, resume_step: int | None):
+    def __init__(self, workdir: str, enabled: bool, start_step: int):
         self.enabled = enabled
         if not enabled:
             return
         SummaryWriter = import_summary_writer()
         path = os.path.join(workdir, "metrics.jsonl")
-        if resume_step is not None:
-            truncate_jsonl(path, resume_step)
+        # Lines after the checkpoint we start from (all of them on a fresh start) were
+        # logged by a run that was killed; this run logs those steps again.
+        truncate_jsonl(path, start_step)
         self.jsonl = open(path, "a")
         self.timing = open(os.path.join(workdir, "timing.jsonl"), "a")
         self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -390,7 +391,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         window = MetricWindow(meta.get("window"))
         print(f"synthjax: resuming {workdir} from step {start}")
     state = dp.put_state(state)
-    writer = MetricWriter(workdir, jax.process_index() == 0, start if restored else None)
+    writer = MetricWriter(workdir, jax.process_index() == 0, start)
     try:
         return _loop(config, workdir, dp, trainer, pipeline, eval_pipeline, checkpointer, writer, state, window, start,
                      step_key, eval_key, grid_key)

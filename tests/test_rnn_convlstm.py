@@ -1,6 +1,7 @@
 """ConvLSTM encoder-forecaster: golden steps, learning on tiny Moving MNIST, predictions, grids, the GIF tool, bad configs."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import chex
@@ -30,8 +31,13 @@ def tiny_config(*overrides: str):
     return load_config(f"{CONFIG}:smoke", [*TINY, *overrides])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def trained():
+    return trained_setup()
+
+
+@functools.cache  # not a module fixture: xdist may tear those down between tests, this survives
+def trained_setup():
     """The tiny forecaster trained for STEPS steps on one fixed batch of 8 sequences; eval before and after."""
     config = tiny_config()
     source = get_source(config.data)

@@ -7,6 +7,7 @@ parameters (a PixelRNN's parameters do not depend on the image size).
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -40,8 +41,18 @@ def binarised_digits(n: int) -> np.ndarray:
     return (load_bundled_mnist()[0][:n] > 127).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def grey():
+    return grey_setup()
+
+
+@pytest.fixture
+def rgb():
+    return rgb_setup()
+
+
+@functools.cache  # not a module fixture: xdist may tear those down between tests, this survives
+def grey_setup() -> dict:
     """The smoke Bernoulli PixelRNN trained two steps on 16 fixed digits under shard_map, with eval before and after."""
     trainer = build_trainer(smoke_config(), MNIST)
     dp = DataParallel("shard_map")
@@ -57,8 +68,8 @@ def grey():
     return dict(trainer=trainer, state=dp.host_state(state), losses=losses, before=before, after=after)
 
 
-@pytest.fixture(scope="module")
-def rgb():
+@functools.cache
+def rgb_setup() -> dict:
     """An untrained 8-bit RGB PixelRNN (256-way softmax per colour) for 3x2 images."""
     trainer = build_trainer(smoke_config(*RGB_OVERRIDES), (3, 2, 3))
     return dict(trainer=trainer, state=trainer.create_state(jax.random.key(0)))

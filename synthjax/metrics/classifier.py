@@ -11,7 +11,7 @@ comparable only with numbers computed with the same weights, which is why the
 extractor's `weights_hash` (a sha256 of the weight arrays) goes into every
 report and every reference-statistics cache key.
 
-    python -m synthjax.metrics.classifier --out ~/.cache/synthjax [--data mnist_bundled] [--steps 600]
+    python -m synthjax.metrics.classifier --out ~/.cache/synthjax [--data mnist_bundled] [--steps 2000]
 
 writes `mnist_classifier.npz` (flat Flax variables plus a JSON `__meta__`
 record: dataset, split, steps, held-out accuracy, weights sha256).

@@ -34,6 +34,11 @@ Dtype = Any
 from synthjax.parallel import AXIS  # BatchNorm averages its statistics over the data axis
 
 D_NORMS = ("batch", "spectral", "none")
+# `model.conv_impl`: formulations of the DCGAN up/down convolutions (models/layers.py), (up, down).
+# 'auto' is the fastest for one run on each backend; 'matmul' uses only im2col + GEMMs, which
+# stay GEMMs under jax.vmap, where XLA:CPU turns a convolution with per-member kernels into a
+# slow grouped convolution (see benchmarks/vmap_seeds.py). Both compute the same function.
+CONV_IMPLS = {"auto": ("auto", "auto"), "matmul": ("im2col3x3", "s2d_matmul")}
 
 
 def batch_norm(train: bool, dtype: Dtype, name: str | None = None, affine: bool = True) -> nn.BatchNorm:
@@ -156,6 +161,7 @@ class DCGANGenerator(nn.Module):
     project_bn: str = "feature"
     dtype: Dtype = jnp.float32
     num_classes: int = 0  # > 0: conditional BatchNorm on labels y_b
+    impl: str = "auto"  # UpConv2x formulation
 
     @nn.compact
     def __call__(self, z_bn, y_b=None, train: bool = True):
@@ -169,9 +175,9 @@ class DCGANGenerator(nn.Module):
         else:
             h = nn.relu(norm(h.reshape((-1, start, start, width0))))
         for i in range(1, stages):
-            h = UpConv2x(width0 // 2**i, use_bias=False, dtype=self.dtype)(h)
+            h = UpConv2x(width0 // 2**i, use_bias=False, dtype=self.dtype, impl=self.impl)(h)
             h = nn.relu(norm(h))
-        x = UpConv2x(channels, use_bias=self.use_bias, dtype=self.dtype)(h)
+        x = UpConv2x(channels, use_bias=self.use_bias, dtype=self.dtype, impl=self.impl)(h)
         return jnp.tanh(x.astype(jnp.float32))
 
 
@@ -189,6 +195,7 @@ class DCGANDiscriminator(nn.Module):
     dtype: Dtype = jnp.float32
     norm: str = "batch"
     num_classes: int = 0  # > 0: projection discriminator on labels y_b
+    impl: str = "auto"  # DownConv2x formulation
 
     @nn.compact
     def __call__(self, x_bhwc, y_b=None, train: bool = True):
@@ -198,7 +205,7 @@ class DCGANDiscriminator(nn.Module):
         for i in range(stages):
             # Without BatchNorm a convolution needs its own bias; with it the bias is redundant.
             bias = self.use_bias and (i == 0 or self.norm != "batch")
-            h = maybe_sn(DownConv2x(self.width * 2**i, use_bias=bias, dtype=self.dtype), spectral, train)(h)
+            h = maybe_sn(DownConv2x(self.width * 2**i, use_bias=bias, dtype=self.dtype, impl=self.impl), spectral, train)(h)
             if i > 0 and self.norm == "batch":
                 h = batch_norm(train, self.dtype)(h)
             h = nn.leaky_relu(h, 0.2)
@@ -231,9 +238,13 @@ def _dcgan(cfg, image_shape, dtype, num_classes):
     dcgan_layout(image_shape[0])  # fail early with a clear message
     if image_shape[0] != image_shape[1]:
         raise UserError(f"DCGAN needs square images, got {image_shape[:2]}; set data.image_size")
-    g = DCGANGenerator(image_shape, cfg.g_width, cfg.use_bias, cfg.project_bn, dtype, num_classes)
+    impl = cfg.get("conv_impl", "auto") or "auto"
+    if impl not in CONV_IMPLS:
+        raise UserError(f"model.conv_impl={impl!r} is not one of {', '.join(CONV_IMPLS)}")
+    up, down = CONV_IMPLS[impl]
+    g = DCGANGenerator(image_shape, cfg.g_width, cfg.use_bias, cfg.project_bn, dtype, num_classes, up)
     norm = d_norm(cfg, "dcgan", D_NORMS, "batch")
-    return g, DCGANDiscriminator(cfg.d_width, cfg.use_bias, dtype, norm, num_classes)
+    return g, DCGANDiscriminator(cfg.d_width, cfg.use_bias, dtype, norm, num_classes, down)
 
 
 def _resnet(cfg, image_shape, dtype, num_classes):

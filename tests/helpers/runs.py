@@ -58,13 +58,16 @@ def run(args: list[str], env: dict | None = None, timeout: float = 300) -> subpr
 
 def start(args: list[str], env: dict | None = None, log: str | None = None) -> subprocess.Popen:
     """Start a subprocess whose stdout+stderr go to `log` (a file, so a full pipe never blocks it)."""
-    out = open(log, "w") if log else subprocess.DEVNULL
-    return subprocess.Popen(args, cwd=REPO, env=env or jax_env(), stdout=out, stderr=subprocess.STDOUT)
+    if not log:
+        return subprocess.Popen(args, cwd=REPO, env=env or jax_env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    with open(log, "w") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(args, cwd=REPO, env=env or jax_env(), stdout=out, stderr=subprocess.STDOUT)
 
 
 def committed_steps(workdir: str) -> list[int]:
     """Steps whose checkpoint directory is finished (orbax renames it into place when complete)."""
-    names = os.listdir(os.path.join(workdir, "checkpoints")) if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
+    directory = os.path.join(workdir, "checkpoints")
+    names = os.listdir(directory) if os.path.isdir(directory) else []
     return sorted(int(n) for n in names if n.isdigit())
 
 
