@@ -36,6 +36,6 @@ def get_config(arg=None):
     c.data.frame_size = 64
     c.data.num_digits = 2
     c.data.dataset_seed = 0
-    c.opt.update(lr=1e-3, grad_clip=1.0)
+    c.opt.update(lr=1e-3, grad_clip=0.0)
     c.train.update(batch_size=16, num_steps=20000, log_every=100, sample_every=2000, ckpt_every=2000)
     return finalize(c, arg, {"model.hidden": 8, "model.layers": 1, "model.kernel": 3, "data.num_sequences": 64, "train.num_grid": 20})

@@ -29,6 +29,6 @@ def get_config(arg=None):
     c.model.input_kernel = 7  # the mask-A input convolution is input_kernel x input_kernel
     c.objective.likelihood = "bernoulli"
     c.data.binarize = True
-    c.opt.update(lr=1e-3, grad_clip=1.0)
+    c.opt.update(lr=1e-3, grad_clip=0.0)
     c.train.update(batch_size=64, num_steps=20000, log_every=100, sample_every=2000, ckpt_every=2000)
     return finalize(c, arg, {"model.hidden": 4, "model.layers": 2, "model.head_features": 8})
