@@ -1,6 +1,7 @@
 """Speed-up of training N seeds as one vmapped program (synthjax.sweep --vmap) over N sequential runs.
 
     python -m benchmarks.vmap_seeds [--config configs/dcgan.py] [--seeds 8] [--rounds 3] [--batch 128]
+        [--impl auto|matmul] [--vmap-impl auto|matmul] [--end-to-end STEPS]
 
 On one device, for the dcgan28 networks of configs/dcgan.py (batch 128 by
 default): compiles the plain train step once and the N-seed vmapped step
@@ -10,8 +11,13 @@ all N], interleaved so that load from other processes hits both alike. All
 seeds read the same batches (as --vmap does). Reports seconds per round for
 each, the throughput speed-up, the end-to-end estimate for N separate
 `train.py` runs of S steps (each paying its own compile) vs one vmapped run,
-and the largest parameter difference between the vmapped members and the
-sequential runs after the timed steps (float reordering only).
+and the largest relative difference between the vmapped members' states and
+the sequential runs' after the timed steps (float reordering only).
+
+`--end-to-end STEPS` instead times the whole `synthjax.sweep` over
+`seed=0:N` for STEPS steps, once as N sequential `train_and_evaluate` runs
+(each compiling its own step, evaluation and sampler, writing logs, grids
+and checkpoints) and once with --vmap, in temporary workdirs.
 """
 from __future__ import annotations
 
@@ -43,7 +49,11 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=1500, help="run length S for the end-to-end estimate")
     p.add_argument("--impl", default="", help="model.conv_impl for both programs ('' = the config's)")
     p.add_argument("--vmap-impl", default="", help="model.conv_impl for the vmapped program only (default: --impl)")
+    p.add_argument("--end-to-end", type=int, default=0, metavar="STEPS", help="time whole sweeps of STEPS steps instead")
     a = p.parse_args(argv)
+    if a.end_to_end:
+        print(json.dumps(end_to_end(a), indent=1))
+        return
 
     from synthjax import sweep
     from synthjax.config import load_config
@@ -112,6 +122,29 @@ def main(argv=None) -> None:
         "conv_impl": {"sequential": config.model.get("conv_impl", "auto"), "vmapped": a.vmap_impl or config.model.get("conv_impl", "auto")},
     }
     print(json.dumps(result, indent=1))
+
+
+def end_to_end(a) -> dict:
+    """Wall time of `synthjax.sweep` over N seeds, sequential vs --vmap (each in a fresh temporary workdir)."""
+    import tempfile
+
+    from synthjax import sweep
+
+    steps = a.end_to_end
+    base = [f"train.batch_size={a.batch}", f"train.num_steps={steps}", f"train.log_every={steps}", f"train.sample_every={steps}",
+            f"train.ckpt_every={steps}", "train.eval_batches=1", "train.num_grid=16", "train.progress=False"]
+    out = {"config": a.config, "seeds": a.seeds, "batch": a.batch, "steps": steps, "cpu_count": os.cpu_count(),
+           "load_avg_1min_start": os.getloadavg()[0]}
+    for name, vmap, impl in (("sequential", False, a.impl), ("vmapped", True, a.vmap_impl or a.impl)):
+        overrides = base + ([f"model.conv_impl={impl}"] if impl else [])
+        with tempfile.TemporaryDirectory() as workdir:
+            t0 = time.perf_counter()
+            sweep.run_sweep(a.config, workdir, [f"seed=0:{a.seeds}"], vmap=vmap, overrides=overrides, log=lambda _: None)
+            out[f"{name}_s"] = round(time.perf_counter() - t0, 1)
+        out[f"{name}_conv_impl"] = impl or "config"
+    out["speedup"] = round(out["sequential_s"] / out["vmapped_s"], 2)
+    out["load_avg_1min_end"] = os.getloadavg()[0]
+    return out
 
 
 if __name__ == "__main__":

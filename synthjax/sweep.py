@@ -4,7 +4,8 @@
         --workdir runs/loss_ablation [--metric d_loss] [--vmap [AXES]] [--config.KEY=VALUE ...]
 
 `--sweep KEY=V1,V2,...` adds an axis (`KEY=A:B[:STEP]` is range(A, B[, STEP])
-for integer keys); the grid is their product. Without --sweep the config
+for integer keys; `KEY=V1|V2` separates values that contain commas, e.g.
+`'objective.diffaugment=|color,translation,cutout'`); the grid is their product. Without --sweep the config
 file's `get_sweep()` gives the axes (a dict of key -> list of values). Every
 run gets its own workdir DIR/<key=value__...> and is trained and evaluated by
 `synthjax.train.train_and_evaluate`, so it can be inspected, sampled from and
@@ -34,6 +35,15 @@ config's own seed, so a vmapped seed sweep varies initialisation and noise
 only. Stacked groups write their member workdirs (config.json,
 metrics.jsonl, a final checkpoint and sample grid, sweep_summary.json) but
 are not resumable mid-way: an unfinished group is retrained from the start.
+
+Speed (benchmarks/vmap_seeds.py, 8 seeds of dcgan28 at batch 128 on a shared
+2-core CPU): XLA:CPU turns convolutions with per-member kernels into slow
+grouped convolutions, so the vmapped step runs at 0.28x the throughput of 8
+sequential steps with the default convolutions; with
+`--config.model.conv_impl=matmul` (GEMM-only, the same function) it matches
+them (1.02x), and a whole 10-step sweep finishes 1.45x sooner because it
+compiles, loads data and evaluates once instead of 8 times. The larger gains
+of stacking are on accelerators, where one member does not fill the device.
 """
 from __future__ import annotations
 
@@ -154,8 +164,8 @@ def make_axis(config: ml_collections.ConfigDict, key: str, values: Any) -> Axis:
                 raise UserError(f"sweep axis {key}={values!r}: the range syntax A:B is for integer keys; {key} holds {old!r}")
             start, stop, step = (int(g) if g else None for g in match.groups())
             values = list(range(start, stop, step or 1))
-        else:
-            values = [v.strip() for v in values.split(",")]
+        else:  # '|' separates values that themselves contain commas (e.g. DiffAugment policies)
+            values = [v.strip() for v in values.split("|" if "|" in values else ",")]
     values = list(values) if isinstance(values, (list, tuple)) else [values]
     if not values:
         raise UserError(f"sweep axis {key} has no values")

@@ -220,3 +220,21 @@ def test_vqvae_ema_codebook_and_straight_through_gradients():
     assert "quantizer" not in after.params  # with EMA the codebook is state, not a trained parameter
     enc_before, enc_after = jax.tree.leaves(before.params["encoder"]), jax.tree.leaves(after.params["encoder"])
     assert any(not np.allclose(a, b) for a, b in zip(enc_before, enc_after))  # reconstruction gradients reach the encoder
+
+
+def test_conditional_sngan_traces_on_mocked_cifar10():
+    """The 32x32 path through tensorflow-datasets (mocked: no download offline): data, labels and one full step, traced."""
+    import tensorflow_datasets as tfds
+
+    config = load_config(os.path.join(REPO, "configs", "sngan.py"),
+                         ["model.conditional=True", "model.g_width=8", "model.d_width=8", "train.batch_size=20"])
+    with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
+        source = get_source(config.data)
+        batch = next(build_pipeline(source, 20, 0, build_trainer(config, source.image_shape, source.num_classes).preprocess))
+    assert source.name == "cifar10" and source.image_shape == (32, 32, 3) and source.num_classes == 10
+    trainer = build_trainer(config, source.image_shape, source.num_classes)
+    dp = DataParallel("shard_map", make_mesh(ONE))
+    state = jax.eval_shape(trainer.create_state, jax.random.key(0))
+    new_state, metrics = jax.eval_shape(dp.compile_step(trainer.train_step), state, batch, jax.random.key(1))
+    assert jax.tree.map(lambda a: a.shape, new_state) == jax.tree.map(lambda a: a.shape, state)
+    assert set(metrics) >= {"d_loss", "g_loss"} and batch["label"].shape == (20,)

@@ -105,11 +105,12 @@ class PixelRNNTrainer(Trainer):
         return parallel.pmean({"nll": nll, "bits_per_dim": bits_per_dim(nll, self.num_dims)})
 
     def sample(self, state: PixelRNNState, key: jax.Array, num: int) -> jax.Array:
+        """Ancestral samples in raster order (pixel p drawn with `fold_in(key, p)`): 0/1 or k/255 values."""
         height, width, colors = self.image_shape
         m = self.config.model
-        apply_row = lambda canvas, row, carries: self.model.apply(  # noqa: E731
-            {"params": state.params}, canvas, row, carries, method=PixelRNN.row_logits
-        )
+
+        def apply_row(canvas, row, carries):
+            return self.model.apply({"params": state.params}, canvas, row, carries, method=PixelRNN.row_logits)
 
         def sample_row(row, loop):
             canvas, carries = loop
