@@ -169,10 +169,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         _check_positive_int(f"train.{key}", t[key])
     for key in ("lr", "b1", "b2"):
         value = config.opt[key]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (key == "lr" and value == 0):
             raise UserError(f"opt.{key} must be a positive number, got {value!r}")
-    if not 0 < config.opt.b1 < 1 or not 0 < config.opt.b2 < 1:
-        raise UserError(f"opt.b1 and opt.b2 must lie in (0, 1), got {config.opt.b1}, {config.opt.b2}")
+    # b1 = 0 (no momentum) is standard for SNGAN and WGAN-GP; b2 = 0 would divide by a zero second moment estimate.
+    if not 0 <= config.opt.b1 < 1 or not 0 < config.opt.b2 < 1:
+        raise UserError(f"opt.b1 must lie in [0, 1) and opt.b2 in (0, 1), got {config.opt.b1}, {config.opt.b2}")
     if t.batch_size % num_devices:
         raise UserError(
             f"train.batch_size={t.batch_size} is not divisible by the {num_devices} devices; "
