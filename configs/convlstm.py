@@ -14,7 +14,13 @@ Evaluation: per-frame BCE and squared error (`mse_per_frame`), next to
 copying the last context frame (`copy_last_*`).
 
 The paper's best model (three layers of 128/64/64 channels) is compared by
-per-sequence cross-entropy; not reproduced here. Here: RESULT_PLACEHOLDER
+per-sequence cross-entropy; not reproduced here.
+
+Measured here (2-core CPU shared with other jobs, one device): this default
+is sized for a GPU, ~23 s per step on the CPU; its results are not measured.
+A 300-step run with --config.model.hidden=16 (19 min) reached 733 nats BCE
+and 156 squared error per frame, against 1380 and 285 for copying the last
+frame, mostly by predicting faint blurred digits.
 """
 from synthjax.config import base_config, finalize
 

@@ -12,7 +12,12 @@ image in nats: reconstruction BCE of sigmoid(c_T) (`rec`) plus the summed
 per-step KL (`kl`).
 
 Paper (binarised MNIST, test bound): <= 80.97 nats with attention, <= 87.40
-without. Here: RESULT_PLACEHOLDER
+without.
+
+Measured here (2-core CPU shared with other jobs, one device): 300 steps at
+batch 64 took 5.5 min (~1 step/s) and reached a bound of 198.1 nats (196.1
+reconstruction + 2.0 KL) on 256 bundled digits, which are also the training
+data: blurry blobs, early in training. The no-attention variant: not measured.
 """
 from synthjax.config import base_config, finalize
 
