@@ -7,6 +7,7 @@ and the mean (for grids).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 
 from synthjax.errors import unknown_name
 
-LOG_2PI = jnp.log(2.0 * jnp.pi)
+LOG_2PI = math.log(2.0 * math.pi)  # a Python float: importing must not start the JAX backend
 
 
 def gaussian_kl(mu, logvar):
