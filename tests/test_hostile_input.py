@@ -72,7 +72,7 @@ def test_cli_mistakes_exit_2_with_one_error_line(tmp_path):
     "overrides, match",
     [
         (["opt.lr=-0.001"], "opt.lr must be a positive number, got -0.001"),
-        (["opt.b1=1.5"], r"opt.b1 and opt.b2 must lie in \(0, 1\)"),
+        (["opt.b1=1.5"], r"opt.b1 must lie in \[0, 1\) and opt.b2 in \(0, 1\)"),
         (["train.batch_size=0"], "train.batch_size must be a positive integer, got 0"),
         (["train.batch_size=6"], "train.batch_size=6 is not divisible by the 4 devices"),
         (["train.keep=-1"], "train.keep must be a positive integer"),
