@@ -206,11 +206,19 @@ TFDS_DATASETS = {
 }
 
 
+def tfds_image_shape(cfg) -> tuple[int, int, int]:
+    """The shape a tfds source delivers under `cfg` (data.image_size, or 64x64 for non-square
+    images), known without loading the data."""
+    shape = TFDS_DATASETS[cfg.name][1]
+    size = cfg.get("image_size", 0) or (0 if shape[0] == shape[1] else 64)
+    return (size, size, shape[2]) if size else shape
+
+
 def _tfds(cfg) -> DataSource:
     import tensorflow_datasets as tfds
 
     name = cfg.name
-    label_key, shape, num_classes = TFDS_DATASETS[name]
+    label_key, native_shape, num_classes = TFDS_DATASETS[name]
     try:
         source = tfds.data_source(
             name, split=cfg.get("split", "train"), data_dir=cfg.get("tfds_data_dir") or None, download=cfg.get("download", True)
@@ -222,12 +230,8 @@ def _tfds(cfg) -> DataSource:
             f"(`pip install -e '.[tfds-prepare]'`, then `tfds build {name} --file_format=array_record`; "
             f"point data.tfds_data_dir at the result on offline machines); {OFFLINE_HINT}"
         ) from None
-    size = cfg.get("image_size", 0) or 0
-    if size:
-        shape = (size, size, shape[2])
-    elif shape[0] != shape[1]:
-        size = 64
-        shape = (64, 64, shape[2])
+    shape = tfds_image_shape(cfg)
+    size = shape[0] if shape != native_shape else 0  # 0: no resize
     return DataSource(name, TfdsRecords(source, size, label_key), shape, num_classes)
 
 
