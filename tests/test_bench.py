@@ -1,0 +1,37 @@
+"""The benchmark entry points run and report what the spec asks for (figures themselves are not tested)."""
+import json
+import os
+import subprocess
+import sys
+
+from synthjax import bench
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEER_KEYS = {"images_per_sec", "step_ms", "warmup_s"}
+
+
+def test_bench_record_has_the_peer_keys_and_ours():
+    r = bench.run("dcgan28", 8, 2, warmup=1, overrides=["model.g_width=8", "model.d_width=8"])
+    assert PEER_KEYS | {"compile_s", "device", "dtype", "step_memory_bytes"} <= set(r)
+    assert r["images_per_sec"] > 0 and r["finite"] and r["step_memory_bytes"] > 0
+    assert r["overrides"] == ["model.g_width=8", "model.d_width=8"]
+
+
+def test_bench_shapes_tfds_workloads_without_their_data():
+    config, shape = bench.workload_config("sngan", 0, "float32")  # CIFAR-10 through tfds: not on this machine
+    assert shape == (32, 32, 3) and config.train.batch_size == bench.default_batch_size("sngan")
+
+
+def test_gpu_suite_runs_end_to_end_on_cpu(tmp_path):
+    out = tmp_path / "suite.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_suite.py", "--quick", "--peer", "", "--layers", "dcgan28.in",
+         "--cases", "vae_mlp:16:float32", "--families", "", "--budget-s", "120", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [r["layer"] for r in result["layers"]] == ["dcgan28.in"]
+    assert result["layers"][0]["fastest"] in result["layers"][0]["ms"]
+    (row,) = result["steps"]
+    assert row["workload"] == "vae_mlp" and row["img_s"]["synthjax:auto"] > 0
+    assert "## Train steps" in proc.stdout
