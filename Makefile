@@ -2,7 +2,9 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
+# Stamps: the package with its runtime dependencies (enough for make train), then the test extras.
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 WORKDIR ?= runs/dcgan
 CONFIG ?= configs/dcgan.py
 # Tests use both cores; `make test PYTEST_ARGS=-x` to stop at the first failure.
@@ -14,20 +16,24 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; run 'make PYTHON=python3 ...' with a Python 3.11 interpreter"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(DEV_STAMP)
+
+install: $(DEV_STAMP)
 
 train: $(STAMP)
 	@echo "Training $(CONFIG) into workdir: $(WORKDIR)"
 	$(PY) train.py --config $(CONFIG) --workdir $(WORKDIR)
 	@echo "Done. Samples and metrics are in $(WORKDIR)"
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS) tests
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(PY) benchmarks/compare.py
 
 clean:
