@@ -6,8 +6,10 @@ Smoke: python train.py --config configs/dcgan.py:smoke --workdir /tmp/dcgan
 Generator z(100) -> 7x7x256 -> 14x14x128 -> 28x28x1 (BatchNorm, ReLU, tanh),
 discriminator 28 -> 14 -> 7 -> logit (LeakyReLU 0.2, BatchNorm), the
 non-saturating loss, Adam(2e-4, 0.5, 0.999), EMA generator. On the bundled
-10k MNIST digits, 1500 steps at batch 128 give recognisable digits of every
-class (see README for the measured time and metrics). For 64x64 RGB data
+10k MNIST digits, 2000 steps at batch 64 give digits of every class in about
+5 minutes on 2 CPU cores (FID 56.2 with the MNIST-classifier features; the
+same as 1500 steps at batch 128, FID 55.2, in two thirds of the time; see
+README). For 64x64 RGB data
 (e.g. --config.data.name=celeb_a) set model.g_width=64, model.use_bias=False,
 model.project_bn=channel: the DCGAN paper's networks.
 """
@@ -24,7 +26,7 @@ def get_config(arg=None):
     c.model.d_width = 64
     c.model.use_bias = True
     c.model.project_bn = "feature"
-    c.model.ema_decay = 0.99  # short runs: 0.999 would still weigh the random init by 0.22 after 1500 steps
+    c.model.ema_decay = 0.99  # short runs: 0.999 would still weigh the random init by 0.14 after 2000 steps
     c.model.d_norm = ""  # '': BatchNorm (the paper); 'spectral' or 'none'
     c.model.conditional = False  # True: conditional BatchNorm in G, projection D (needs labelled data)
     c.model.conv_impl = "auto"  # 'matmul': GEMM-only convolutions, faster under `synthjax.sweep --vmap` on CPU
@@ -35,5 +37,5 @@ def get_config(arg=None):
     c.objective.clip = 0.0  # > 0: WGAN weight clipping of the discriminator to [-clip, clip]
     c.objective.diffaugment = ""  # e.g. 'color,translation,cutout' (synthjax/augment.py)
     c.opt.update(lr=2e-4, b1=0.5, b2=0.999, d_lr=0.0)
-    c.train.update(batch_size=128, num_steps=1500, log_every=50, sample_every=250, ckpt_every=500)
+    c.train.update(batch_size=64, num_steps=2000, log_every=50, sample_every=250, ckpt_every=500)
     return finalize(c, arg, {"model.g_width": 16, "model.d_width": 8})
