@@ -6,8 +6,8 @@ Smoke: python train.py --config configs/dcgan.py:smoke --workdir /tmp/dcgan
 Generator z(100) -> 7x7x256 -> 14x14x128 -> 28x28x1 (BatchNorm, ReLU, tanh),
 discriminator 28 -> 14 -> 7 -> logit (LeakyReLU 0.2, BatchNorm), the
 non-saturating loss, Adam(2e-4, 0.5, 0.999), EMA generator. On the bundled
-10k MNIST digits, 2000 steps at batch 64 give digits of every class in about
-5 minutes on 2 CPU cores (FID 56.2 with the MNIST-classifier features; the
+10k MNIST digits, 2000 steps at batch 64 give digits of every class in 6.5
+minutes on 2 CPU cores (FID 56.2 with the MNIST-classifier features; the
 same as 1500 steps at batch 128, FID 55.2, in two thirds of the time; see
 README). For 64x64 RGB data
 (e.g. --config.data.name=celeb_a) set model.g_width=64, model.use_bias=False,
@@ -29,7 +29,9 @@ def get_config(arg=None):
     c.model.ema_decay = 0.99  # short runs: 0.999 would still weigh the random init by 0.14 after 2000 steps
     c.model.d_norm = ""  # '': BatchNorm (the paper); 'spectral' or 'none'
     c.model.conditional = False  # True: conditional BatchNorm in G, projection D (needs labelled data)
-    c.model.conv_impl = "auto"  # 'matmul': GEMM-only convolutions, faster under `synthjax.sweep --vmap` on CPU
+    # 'auto': the measured fastest per backend and layer role; 'native'; 'matmul' (GEMM-only, faster under
+    # `synthjax.sweep --vmap` on CPU); or per role, e.g. 'out=im2col3x3,in=s2d_conv' (synthjax/models/gan.py)
+    c.model.conv_impl = "auto"
     c.objective.loss = "ns"
     c.objective.penalty = ""  # '', wgan_gp, r1 or dragan (synthjax/objectives/penalties.py)
     c.objective.penalty_weight = 10.0
