@@ -1,0 +1,181 @@
+"""Throughput of synthjax's own train steps on a fixed on-device batch.
+
+    python -m synthjax.bench --workload dcgan28 --batch-size 128 --steps 200 [--dtype bfloat16] [--json]
+
+Workloads are the reference ones of the benchmark spec (dcgan28, dcgan64,
+vae_mlp) plus each model family's default config (any `configs/<name>.py`,
+e.g. gan_mlp, vae_conv, pixelrnn, draw, convlstm). The step is the one
+`train.py` runs (trainer.train_step under the data-parallel wrapper, state
+donated), so the figure measures the model and step, not the input pipeline.
+Prints one JSON line with the peer's keys (`images_per_sec`, `step_ms`,
+`warmup_s`) plus `compile_s`, `device`, `dtype`, the compiled step's device memory
+(`step_memory_bytes`: arguments + outputs + temporaries, donated state counted
+once) and, on GPUs, the allocator's peak.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from synthjax.config import load_config
+from synthjax.data import get_source
+from synthjax.data.sources import TFDS_DATASETS, tfds_image_shape
+from synthjax.parallel import DataParallel
+from synthjax.train import guard_nonfinite
+from synthjax.trainers import build_trainer
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# Reference workloads: (config file, overrides, image shape or None for the config's data).
+REFERENCE = {
+    "dcgan28": ("dcgan.py", [], None),
+    "dcgan64": ("dcgan.py", ["model.g_width=64", "model.use_bias=false", "model.project_bn=channel"], (64, 64, 3)),
+    "vae_mlp": ("vae_mlp.py", [], None),
+}
+
+
+def workload_config(name: str, batch_size: int, dtype: str, extra: Sequence[str] = ()):
+    """(config, image_shape) of a reference workload or of configs/<name>.py, with `extra` overrides."""
+    file, overrides, shape = REFERENCE.get(name, (f"{name}.py", [], None))
+    path = os.path.join(CONFIG_DIR, file)
+    if not os.path.exists(path):
+        valid = sorted(set(REFERENCE) | {f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py")})
+        raise SystemExit(f"unknown workload {name!r}; valid: {', '.join(valid)}")
+    batch = [f"train.batch_size={batch_size}"] if batch_size else []  # 0: the config's own
+    config = load_config(path, [*overrides, *extra, *batch, f"train.dtype={dtype}"])
+    return config, shape or data_image_shape(config.data)
+
+
+def data_image_shape(data_cfg) -> tuple[int, int, int]:
+    """The config's image shape; for tfds datasets without loading them (the bench needs shapes only)."""
+    if data_cfg.name in TFDS_DATASETS:
+        return tfds_image_shape(data_cfg)
+    return get_source(data_cfg).image_shape
+
+
+def default_batch_size(name: str) -> int:
+    """The batch size a reference workload or configs/<name>.py trains with by default."""
+    return workload_config(name, 0, "float32")[0].train.batch_size
+
+
+def fixed_batch(trainer, image_shape, batch_size: int, seed: int = 0) -> dict:
+    """A random batch in the trainer's value range (binary where it binarises), as the pipeline would give."""
+    rng = np.random.default_rng(seed)
+    lo, hi = trainer.preprocess.value_range
+    x = rng.random((batch_size, *image_shape), dtype=np.float32)
+    if trainer.preprocess.binarize:
+        x = (x > 0.5).astype(np.float32)
+    labels = rng.integers(0, max(trainer.num_classes, 1), batch_size).astype(np.int32)
+    return {"image": x * (hi - lo) + lo, "label": labels}
+
+
+def peak_memory_bytes() -> int | None:
+    """The device allocator's high-water mark for this process (GPU/TPU; None on CPU)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def step_memory_bytes(compiled) -> int | None:
+    """What one compiled step needs on the device: its arguments, outputs and temporaries,
+    less the outputs that reuse donated arguments (so a donated state is counted once)."""
+    try:
+        m = compiled.memory_analysis()
+        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+    except Exception:  # not every backend or jax version reports it
+        return None
+
+
+@dataclasses.dataclass
+class PreparedStep:
+    """A compiled train step with its state and fixed batch, ready to be timed repeatedly."""
+
+    config: Any
+    compiled: Any
+    state: Any
+    batch: dict
+    key: jax.Array
+    compile_s: float
+    num_devices: int
+
+    def time(self, steps: int) -> tuple[float, dict]:
+        """Runs `steps` steps (state donated and carried on); returns (seconds, last metrics)."""
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.state, metrics = self.compiled(self.state, self.batch, self.key)
+        jax.block_until_ready((self.state, metrics))
+        return time.perf_counter() - t0, metrics
+
+
+def prepare(workload: str, batch_size: int, dtype: str = "float32", overrides: Sequence[str] = ()) -> PreparedStep:
+    """Builds and compiles the train step `train.py` would run for a workload."""
+    config, image_shape = workload_config(workload, batch_size, dtype, overrides)
+    trainer = build_trainer(config, image_shape, 10)
+    dp = DataParallel("shard_map")
+    state = dp.put_state(jax.jit(trainer.create_state)(jax.random.key(0)))
+    batch = dp.put_batch(fixed_batch(trainer, image_shape, batch_size))
+    key = jax.random.key(1)
+    step = dp.compile_step(guard_nonfinite(trainer.train_step, "halt"))
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch, key).compile()
+    return PreparedStep(config, compiled, state, batch, key, time.perf_counter() - t0, dp.num_devices)
+
+
+def device_name() -> str:
+    d = jax.devices()[0]
+    return f"{d.platform}:{d.device_kind}"
+
+
+def run(workload: str, batch_size: int, steps: int, dtype: str = "float32", warmup: int = 5,
+        overrides: Sequence[str] = ()) -> dict:
+    """Compile, warm up and time `steps` train steps; returns the result record."""
+    prepared = prepare(workload, batch_size, dtype, overrides)
+    warmup_s, _ = prepared.time(warmup)
+    seconds, metrics = prepared.time(steps)
+    return {
+        "framework": "synthjax",
+        "version": jax.__version__,
+        "workload": workload,
+        "batch_size": batch_size,
+        "steps": steps,
+        "images_per_sec": batch_size * steps / seconds,
+        "step_ms": 1000 * seconds / steps,
+        "warmup_s": warmup_s,
+        "compile_s": prepared.compile_s,
+        "device": device_name(),
+        "num_devices": prepared.num_devices,
+        "dtype": dtype,
+        "overrides": list(overrides),
+        "peak_memory_bytes": peak_memory_bytes(),
+        "step_memory_bytes": step_memory_bytes(prepared.compiled),
+        "finite": bool(jax.device_get(metrics["nonfinite"]) == 0),
+    }
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workload", default="dcgan28")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set model.conv_impl=native (repeatable)")
+    p.add_argument("--json", action="store_true", help="print only the JSON line")
+    a = p.parse_args(argv)
+    result = run(a.workload, a.batch_size, a.steps, a.dtype, a.warmup, a.set)
+    if not a.json:
+        print(f"{a.workload} b{a.batch_size} {a.dtype} on {result['device']}: {result['images_per_sec']:.1f} img/s, "
+              f"{result['step_ms']:.2f} ms/step, compile {result['compile_s']:.1f} s")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
