@@ -99,6 +99,8 @@ def test_conv_impl_roles_parse_and_resolve_per_backend():
         parse_conv_impl("side=native")
     with pytest.raises(UserError, match="out='fast' is not one of"):
         parse_conv_impl("out=fast")
+    with pytest.raises(UserError, match="model.conv_batch_chunk=-2: expected an integer >= 0"):
+        build_gan(gan_cfg(conv_batch_chunk=-2), (28, 28, 1), jnp.float32)
 
 
 def test_every_conv_impl_computes_the_same_dcgan():
@@ -109,7 +111,8 @@ def test_every_conv_impl_computes_the_same_dcgan():
     x = ref_g.apply(g_vars, z, train=False)
     d_vars = init(ref_d, jax.random.key(1), x, train=False)
     want = ref_d.apply(d_vars, x, train=False)
-    for spec in ("matmul", "out=im2col3x3,in=s2d_conv", "up=phase_conv,out=gemm_vjp,down=s2d_matmul,in=s2d_matmul"):
-        g, d = build_gan(gan_cfg(g_width=8, d_width=8, conv_impl=spec), (28, 28, 1), jnp.float32)
+    for spec, chunk in (("matmul", 0), ("out=im2col3x3,in=s2d_conv", 0),
+                        ("up=phase_conv,out=gemm_vjp,down=s2d_matmul,in=s2d_matmul", 0), ("auto", 1)):
+        g, d = build_gan(gan_cfg(g_width=8, d_width=8, conv_impl=spec, conv_batch_chunk=chunk), (28, 28, 1), jnp.float32)
         np.testing.assert_allclose(g.apply(g_vars, z, train=False), x, atol=2e-5, err_msg=spec)
         np.testing.assert_allclose(d.apply(d_vars, x, train=False), want, rtol=1e-4, atol=1e-5, err_msg=spec)

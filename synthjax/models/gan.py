@@ -200,6 +200,7 @@ class DCGANGenerator(nn.Module):
     num_classes: int = 0  # > 0: conditional BatchNorm on labels y_b
     impl: str = "auto"  # UpConv2x formulation of the hidden layers
     out_impl: str = "auto"  # ... and of the image layer
+    batch_chunk: int = 0  # images per convolution call (layers.resolve_batch_chunk; 0: backend default)
 
     @nn.compact
     def __call__(self, z_bn, y_b=None, train: bool = True):
@@ -213,9 +214,9 @@ class DCGANGenerator(nn.Module):
         else:
             h = nn.relu(norm(h.reshape((-1, start, start, width0))))
         for i in range(1, stages):
-            h = UpConv2x(width0 // 2**i, use_bias=False, dtype=self.dtype, impl=self.impl)(h)
+            h = UpConv2x(width0 // 2**i, use_bias=False, dtype=self.dtype, impl=self.impl, batch_chunk=self.batch_chunk)(h)
             h = nn.relu(norm(h))
-        x = UpConv2x(channels, use_bias=self.use_bias, dtype=self.dtype, impl=self.out_impl)(h)
+        x = UpConv2x(channels, use_bias=self.use_bias, dtype=self.dtype, impl=self.out_impl, batch_chunk=self.batch_chunk)(h)
         return jnp.tanh(x.astype(jnp.float32))
 
 
@@ -235,6 +236,7 @@ class DCGANDiscriminator(nn.Module):
     num_classes: int = 0  # > 0: projection discriminator on labels y_b
     impl: str = "auto"  # DownConv2x formulation of the hidden layers
     in_impl: str = "auto"  # ... and of the image layer
+    batch_chunk: int = 0  # images per convolution call (layers.resolve_batch_chunk; 0: backend default)
 
     @nn.compact
     def __call__(self, x_bhwc, y_b=None, train: bool = True):
@@ -245,7 +247,8 @@ class DCGANDiscriminator(nn.Module):
             # Without BatchNorm a convolution needs its own bias; with it the bias is redundant.
             bias = self.use_bias and (i == 0 or self.norm != "batch")
             impl = self.in_impl if i == 0 else self.impl
-            h = maybe_sn(DownConv2x(self.width * 2**i, use_bias=bias, dtype=self.dtype, impl=impl), spectral, train)(h)
+            conv = DownConv2x(self.width * 2**i, use_bias=bias, dtype=self.dtype, impl=impl, batch_chunk=self.batch_chunk)
+            h = maybe_sn(conv, spectral, train)(h)
             if i > 0 and self.norm == "batch":
                 h = batch_norm(train, self.dtype)(h)
             h = nn.leaky_relu(h, 0.2)
@@ -279,9 +282,13 @@ def _dcgan(cfg, image_shape, dtype, num_classes):
     if image_shape[0] != image_shape[1]:
         raise UserError(f"DCGAN needs square images, got {image_shape[:2]}; set data.image_size")
     impl = parse_conv_impl(cfg.get("conv_impl", "auto"))
-    g = DCGANGenerator(image_shape, cfg.g_width, cfg.use_bias, cfg.project_bn, dtype, num_classes, impl["up"], impl["out"])
+    chunk = cfg.get("conv_batch_chunk", 0)
+    if not isinstance(chunk, int) or chunk < 0:
+        raise UserError(f"model.conv_batch_chunk={chunk!r}: expected an integer >= 0 (0: the backend's default, "
+                        "32 images per convolution call on CPU and the whole batch elsewhere; n: n images per call)")
+    g = DCGANGenerator(image_shape, cfg.g_width, cfg.use_bias, cfg.project_bn, dtype, num_classes, impl["up"], impl["out"], chunk)
     norm = d_norm(cfg, "dcgan", D_NORMS, "batch")
-    return g, DCGANDiscriminator(cfg.d_width, cfg.use_bias, dtype, norm, num_classes, impl["down"], impl["in"])
+    return g, DCGANDiscriminator(cfg.d_width, cfg.use_bias, dtype, norm, num_classes, impl["down"], impl["in"], chunk)
 
 
 def _resnet(cfg, image_shape, dtype, num_classes):

@@ -106,6 +106,31 @@ def test_gemm_vjp_second_order_matches_native(fast, native, x_shape: tuple, k_sh
     assert_trees_close(got, want, "second order")
 
 
+@pytest.mark.parametrize("module_cls,ref,in_hw,out_hw", [
+    (layers.UpConv2x, reference_up(3), 5, 10),
+    (layers.DownConv2x, reference_down(3), 6, 3),
+], ids=["up", "down"])
+def test_batch_chunks_compute_the_same_function(module_cls, ref, in_hw: int, out_hw: int) -> None:
+    """Chunks of 2 on a batch of 5 (2 + 2 + 1): output, input and kernel gradients as one call."""
+    x = normal((5, in_hw, in_hw, 4), 6)
+    params = random_params(ref, x, 30)
+    cot = normal((5, out_hw, out_hw, 3), 7)
+    run = jax.jit(lambda p, x, c: [forward_and_grads(m, p, x, c) for m in (ref, module_cls(3, batch_chunk=2))])
+    want, got = run(params, x, cot)
+    assert_trees_close(got, want, "batch_chunk=2")
+
+
+def test_batch_chunk_resolution() -> None:
+    assert layers.resolve_batch_chunk(0, backend="cpu") == 32  # measured: benchmarks/RESULTS.md
+    assert layers.resolve_batch_chunk(0, backend="gpu") is None  # the whole batch
+    assert layers.resolve_batch_chunk(8, backend="gpu") == 8
+    with pytest.raises(ValueError, match=r"batch_chunk=-1: expected an integer >= 0"):
+        layers.resolve_batch_chunk(-1)
+    x = jnp.ones((3, 2))
+    assert layers.in_batch_chunks(lambda part: part * part.shape[0], x, 2).tolist() == [[2, 2], [2, 2], [1, 1]]
+    assert layers.in_batch_chunks(lambda part: part * part.shape[0], x, None).tolist() == [[3, 3]] * 3
+
+
 def test_auto_impl_by_backend() -> None:
     assert layers.resolve_up_impl("auto", backend="cpu") == "gemm_vjp"
     assert layers.resolve_up_impl("auto", backend="gpu") == "gemm_vjp"  # measured on an H100 (gpu_suite.py)
