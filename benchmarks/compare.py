@@ -8,7 +8,8 @@ once for the peer (`shared/bench/peers/torch_peer.py`), each in a fresh
 process, alternating so machine noise hits both. The table reports medians
 over rounds and the median of the per-round ratios synthjax / peer. For the
 peer the best of its variants in a round counts (eager, `--compile`,
-`--amp bf16` when the case is bfloat16), as the spec asks. torch is optional:
+`--amp bf16` when the case is bfloat16, and on CPU eager with the glibc
+allocator setting synthjax gives itself), as the spec asks. torch is optional:
 without it only the synthjax column is filled.
 """
 from __future__ import annotations
@@ -25,10 +26,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PEER = os.path.join(os.path.dirname(REPO), "shared", "bench", "peers", "torch_peer.py")
 
 
-def run_json(cmd: list[str], timeout: int) -> dict | None:
-    """Run a benchmark process and parse its last JSON line (None if it failed)."""
+def run_json(cmd: list[str], timeout: int, env: dict | None = None) -> dict | None:
+    """Run a benchmark process (with `env` added to ours) and parse its last JSON line (None if it failed)."""
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired:
         print(f"timeout: {' '.join(cmd)}", file=sys.stderr)
         return None
@@ -44,13 +45,21 @@ def parse_case(text: str) -> tuple[str, int, str]:
     return parts[0], int(parts[1]) if len(parts) > 1 else 128, parts[2] if len(parts) > 2 else "float32"
 
 
-def peer_variants(dtype: str, device: str, compile_too: bool) -> list[list[str]]:
-    variants = [[]]
+# The glibc allocator setting synthjax applies to itself on CPU (synthjax/runtime.py), given to
+# the peer through glibc's environment variables, so that neither side has it alone.
+PEER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+def peer_variants(dtype: str, device: str, compile_too: bool) -> list[tuple[list[str], dict]]:
+    """(arguments, extra environment) of every peer variant timed; the best of them counts."""
+    variants = [([], {})]
+    if device == "cpu":
+        variants.append(([], PEER_MALLOC_ENV))
     if compile_too:
-        variants.append(["--compile"])
+        variants.append((["--compile"], {}))
     if dtype == "bfloat16":
-        variants.append(["--amp", "bf16"])
-    return [v + ["--device", device] for v in variants]
+        variants.append((["--amp", "bf16"], {}))
+    return [(v + ["--device", device], env) for v, env in variants]
 
 
 def main() -> None:
@@ -74,10 +83,11 @@ def main() -> None:
                              "--steps", str(a.steps), "--dtype", dtype, "--json"], a.timeout)
             records.append({"round": r, "who": "synthjax", "case": [workload, batch, dtype], "result": ours})
             if have_peer and workload in ("dcgan28", "dcgan64", "vae_mlp"):
-                for extra in peer_variants(dtype, a.peer_device, a.peer_compile):
+                for extra, env in peer_variants(dtype, a.peer_device, a.peer_compile):
                     res = run_json([sys.executable, a.peer, "--workload", workload, "--batch-size", str(batch),
-                                    "--steps", str(a.steps), *extra], a.timeout)
-                    records.append({"round": r, "who": "torch", "variant": " ".join(extra), "case": [workload, batch, dtype], "result": res})
+                                    "--steps", str(a.steps), *extra], a.timeout, env)
+                    variant = " ".join(extra + [f"{k}={v}" for k, v in env.items()])
+                    records.append({"round": r, "who": "torch", "variant": variant, "case": [workload, batch, dtype], "result": res})
             print(f"round {r}: {workload} b{batch} {dtype} done", file=sys.stderr)
     table = summarise(records, cases, a.rounds)
     print_table(table)
@@ -100,6 +110,10 @@ def summarise(records: list[dict], cases, rounds: int) -> list[dict]:
             if mine and theirs:
                 ratios.append(mine[0] / max(theirs))
         compile_s = [x["result"]["compile_s"] for x in records if x["who"] == "synthjax" and tuple(x["case"]) == case and x["result"]]
+        by_variant: dict[str, list[float]] = {}
+        for x in records:
+            if x["who"] == "torch" and tuple(x["case"]) == case and x["result"]:
+                by_variant.setdefault(x["variant"] or "eager", []).append(x["result"]["images_per_sec"])
         rows.append({
             "workload": case[0], "batch": case[1], "dtype": case[2],
             "synthjax_img_s": statistics.median(ours) if ours else None,
@@ -107,6 +121,7 @@ def summarise(records: list[dict], cases, rounds: int) -> list[dict]:
             "median_ratio": statistics.median(ratios) if ratios else None,
             "compile_s": statistics.median(compile_s) if compile_s else None,
             "rounds": len(ratios) or len(ours),
+            "torch_img_s_by_variant": {v: statistics.median(ips) for v, ips in by_variant.items()},
         })
     return rows
 
@@ -118,6 +133,9 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         print(f"| {r['workload']} | {r['batch']} | {r['dtype']} | {fmt(r['synthjax_img_s'], ',.0f')} | {fmt(r['torch_img_s'], ',.0f')} "
               f"| {fmt(r['median_ratio'], '.2f')}x | {fmt(r['compile_s'], '.1f')} |")
+    for r in rows:
+        for variant, ips in r.get("torch_img_s_by_variant", {}).items():
+            print(f"  peer {r['workload']} b{r['batch']} [{variant}]: median {ips:,.0f} img/s")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from synthjax.config import load_config
 from synthjax.data import get_source
 from synthjax.data.sources import TFDS_DATASETS, tfds_image_shape
 from synthjax.parallel import DataParallel
+from synthjax.runtime import tune_cpu_allocator
 from synthjax.train import guard_nonfinite
 from synthjax.trainers import build_trainer
 
@@ -119,6 +120,7 @@ def prepare(workload: str, batch_size: int, dtype: str = "float32", overrides: S
     config, image_shape = workload_config(workload, batch_size, dtype, overrides)
     trainer = build_trainer(config, image_shape, 10)
     dp = DataParallel("shard_map")
+    tune_cpu_allocator()
     state = dp.put_state(jax.jit(trainer.create_state)(jax.random.key(0)))
     batch = dp.put_batch(fixed_batch(trainer, image_shape, batch_size))
     key = jax.random.key(1)

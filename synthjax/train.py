@@ -42,11 +42,14 @@ from synthjax.data import build_pipeline, get_source, prefetch_to_device
 from synthjax.errors import UserError
 from synthjax.evaluate import periodic_evaluator
 from synthjax.parallel import DataParallel
+from synthjax.runtime import tune_cpu_allocator
 from synthjax.trainers import build_trainer
 from synthjax.trainers.base import all_finite
 
 # Keys whose change makes an existing checkpoint meaningless for this config.
-STRUCTURAL_PREFIXES = ("model.", "data.name", "data.image_size", "data.path", "data.binarize", "objective.likelihood")
+# Config keys a checkpoint depends on (the model, or the shape and kind of its inputs): a change refuses the workdir.
+STRUCTURAL_PREFIXES = ("model.", "data.name", "data.image_size", "data.path", "data.binarize", "data.seq_len",
+                       "data.frame_size", "objective.likelihood")
 MIN_FREE_BYTES = 200 * 2**20
 BARRIER_TIMEOUT_S = 3600  # how long processes wait for each other to compile (big models, slow hosts)
 NONFINITE = "nonfinite"  # per-step flag added by guard_nonfinite; becomes the `skipped` count in the logs
@@ -361,6 +364,7 @@ def divergence_message(policy_step: int, bad: tuple[int, dict[str, float]], last
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train `config` in `workdir`, resuming from its latest checkpoint; returns the final metrics."""
     dp = DataParallel(config.train.parallel)
+    tune_cpu_allocator()
     config_lib.validate(config, dp.num_devices)
     if dp.mode == "pmap" and jax.process_count() > 1:
         raise UserError(

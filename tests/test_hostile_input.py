@@ -151,6 +151,9 @@ def test_workdir_of_a_different_model_is_refused_saying_what_differs(tmp_path):
     workdir = str(tmp_path)
     prepare_workdir(workdir, config(VAE))  # what the first run of a workdir leaves behind
     refuse(config(VAE, "model.hidden=64"), workdir, r"different model or data \(model.hidden: 32 -> 64\)")
+    # Sequence shapes too (Moving MNIST): a checkpoint of 64x64 frames does not fit 32x32 ones.
+    prepare_workdir(str(tmp_path / "seq"), config("convlstm.py:smoke"))
+    refuse(config("convlstm.py:smoke", "data.frame_size=32"), str(tmp_path / "seq"), r"different model or data \(data.frame_size: 64 -> 32\)")
     # Harmless changes (longer run, other cadence) are allowed and reported.
     prepare_workdir(workdir, config(VAE, "train.num_steps=9"))
     assert json.load(open(os.path.join(workdir, "config.json")))["train"]["num_steps"] == 9
