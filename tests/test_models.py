@@ -99,7 +99,7 @@ def test_conv_impl_roles_parse_and_resolve_per_backend():
         parse_conv_impl("side=native")
     with pytest.raises(UserError, match="out='fast' is not one of"):
         parse_conv_impl("out=fast")
-    with pytest.raises(UserError, match="model.conv_batch_chunk=-2: expected an integer >= 0"):
+    with pytest.raises(UserError, match="model.conv_batch_chunk: batch_chunk=-2: expected an integer >= 0"):
         build_gan(gan_cfg(conv_batch_chunk=-2), (28, 28, 1), jnp.float32)
 
 

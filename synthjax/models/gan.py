@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from synthjax.errors import UserError
-from synthjax.models.layers import DOWN_IMPLS, UP_IMPLS, DownConv2x, UpConv2x
+from synthjax.models.layers import DOWN_IMPLS, UP_IMPLS, DownConv2x, UpConv2x, resolve_batch_chunk
 
 Dtype = Any
 from synthjax.parallel import AXIS  # BatchNorm averages its statistics over the data axis
@@ -283,9 +283,10 @@ def _dcgan(cfg, image_shape, dtype, num_classes):
         raise UserError(f"DCGAN needs square images, got {image_shape[:2]}; set data.image_size")
     impl = parse_conv_impl(cfg.get("conv_impl", "auto"))
     chunk = cfg.get("conv_batch_chunk", 0)
-    if not isinstance(chunk, int) or chunk < 0:
-        raise UserError(f"model.conv_batch_chunk={chunk!r}: expected an integer >= 0 (0: the backend's default, "
-                        "32 images per convolution call on CPU and the whole batch elsewhere; n: n images per call)")
+    try:
+        resolve_batch_chunk(chunk)
+    except ValueError as e:
+        raise UserError(f"model.conv_batch_chunk: {e}") from None
     g = DCGANGenerator(image_shape, cfg.g_width, cfg.use_bias, cfg.project_bn, dtype, num_classes, impl["up"], impl["out"], chunk)
     norm = d_norm(cfg, "dcgan", D_NORMS, "batch")
     return g, DCGANDiscriminator(cfg.d_width, cfg.use_bias, dtype, norm, num_classes, impl["down"], impl["in"], chunk)

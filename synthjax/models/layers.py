@@ -11,6 +11,8 @@ the other impls are exact alternatives kept for comparison and for forward-
 mode autodiff. On GPU `impl="auto"` picks `gemm_vjp` too (measured faster on
 an H100 for every DCGAN up-convolution, most of all the narrow image layer);
 on TPU, where nothing was measured, it keeps the native convolutions.
+Every impl can run on chunks of the batch (`batch_chunk`): on CPU, by
+default, 32 images per call, where XLA's convolutions are faster.
 
 Index conventions (per spatial axis, Flax kernel `w` of length 4):
   * `UpConv2x` = `nn.ConvTranspose(f, (4, 4), (2, 2), padding=((2, 2),) * 2)`
@@ -91,6 +93,22 @@ def kernel_from_torch_conv(w_oi_hw: Any) -> Array:
     """PyTorch `Conv2d` weight (Cout, Cin, kh, kw) -> `DownConv2x` / `nn.Conv`
     kernel (kh, kw, Cin, Cout); both correlate, so there is no flip."""
     return jnp.asarray(w_oi_hw).transpose(2, 3, 1, 0)
+
+
+# Images per convolution call when `batch_chunk=0`, by backend. XLA:CPU's convolutions lose
+# much of their speed on large batches: in the dcgan28 train step at batch 128 on the 2-core
+# dev VM, running every up/down convolution on chunks of 32 images took the step from 305 to
+# 257 ms (paired alternating medians; chunks of 16 and 64 gained less), vae_conv's x0.81.
+# GPUs want the whole batch; TPUs were not measured.
+BATCH_CHUNK_AUTO = {"cpu": 32}
+
+
+def resolve_batch_chunk(batch_chunk: int, backend: str | None = None) -> int | None:
+    """`batch_chunk` > 0 as is; 0 -> the backend's default (`BATCH_CHUNK_AUTO`; None: whole batch)."""
+    if not isinstance(batch_chunk, int) or batch_chunk < 0:
+        raise ValueError(f"batch_chunk={batch_chunk!r}: expected an integer >= 0 (0: the backend's default, "
+                         f"32 images per call on CPU and the whole batch elsewhere; n > 0: n images per call)")
+    return batch_chunk or BATCH_CHUNK_AUTO.get(backend or jax.default_backend())
 
 
 def in_batch_chunks(conv: Callable[[Array], Array], x: Array, chunk: int | None) -> Array:
@@ -367,21 +385,6 @@ def resolve_down_impl(impl: str, backend: str | None = None) -> str:
     if impl != "auto":
         return impl
     return "gemm_vjp" if (backend or jax.default_backend()) == "cpu" else "native"
-
-
-# Images per convolution call when `batch_chunk=0`, by backend. XLA:CPU's convolutions lose
-# much of their speed on large batches: in the dcgan28 train step at batch 128 on the 2-core
-# dev VM, running every up/down convolution on chunks of 32 images took the step from 311 to
-# 275 ms (paired alternating median; 16 and 64 were slower than 32). GPUs want the whole batch.
-BATCH_CHUNK_AUTO = {"cpu": 32}
-
-
-def resolve_batch_chunk(batch_chunk: int, backend: str | None = None) -> int | None:
-    """`batch_chunk` > 0 as is; 0 -> the backend's default (`BATCH_CHUNK_AUTO`; None: whole batch)."""
-    if not isinstance(batch_chunk, int) or batch_chunk < 0:
-        raise ValueError(f"batch_chunk={batch_chunk!r}: expected an integer >= 0 (0: the backend's default, "
-                         f"n > 0: convolve n images per call)")
-    return batch_chunk or BATCH_CHUNK_AUTO.get(backend or jax.default_backend())
 
 
 def down_conv2x(x: Array, kernel: Array, impl: str = "auto", precision: Any = None, batch_chunk: int = 0) -> Array:
