@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from synthjax.runtime import MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PEER = os.path.join(os.path.dirname(REPO), "shared", "bench", "peers", "torch_peer.py")
 
@@ -47,7 +49,7 @@ def parse_case(text: str) -> tuple[str, int, str]:
 
 # The glibc allocator setting synthjax applies to itself on CPU (synthjax/runtime.py), given to
 # the peer through glibc's environment variables, so that neither side has it alone.
-PEER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+PEER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD_BYTES)}
 
 
 def peer_variants(dtype: str, device: str, compile_too: bool) -> list[tuple[list[str], dict]]:

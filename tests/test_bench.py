@@ -35,3 +35,21 @@ def test_gpu_suite_runs_end_to_end_on_cpu(tmp_path):
     (row,) = result["steps"]
     assert row["workload"] == "vae_mlp" and row["img_s"]["synthjax:auto"] > 0
     assert "## Train steps" in proc.stdout
+
+
+def test_compare_gives_the_peer_our_allocator_setting_and_takes_its_best_variant():
+    """On CPU the peer also runs with synthjax's glibc setting, and per round its best variant counts."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    import compare
+
+    envs = [env for _, env in compare.peer_variants("float32", "cpu", False)]
+    assert envs == [{}, {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}]
+    assert [env for _, env in compare.peer_variants("float32", "cuda", False)] == [{}]
+    case = ("dcgan28", 128, "float32")
+    rec = lambda r, who, ips, variant="": {"round": r, "who": who, "variant": variant, "case": list(case),  # noqa: E731
+                                           "result": {"images_per_sec": ips, "compile_s": 1.0}}
+    records = [rec(0, "synthjax", 100), rec(0, "torch", 80), rec(0, "torch", 125, "malloc"),
+               rec(1, "synthjax", 90), rec(1, "torch", 100), rec(1, "torch", 90, "malloc")]
+    (row,) = compare.summarise(records, [case], 2)
+    assert row["median_ratio"] == (100 / 125 + 90 / 100) / 2
+    assert row["torch_img_s_by_variant"] == {"eager": 90, "malloc": 107.5}
