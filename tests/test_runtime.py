@@ -1,6 +1,10 @@
-"""The CPU allocator setting: applied on glibc CPU processes, skipped where the user decides."""
+"""Process settings for the CPU backend: the allocator and the train step's XLA options, skipped where the user decides."""
 import ctypes
+import re
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from synthjax import runtime
@@ -44,3 +48,40 @@ def test_other_backends_and_other_libcs_are_left_alone(libc, monkeypatch):
 
     monkeypatch.setattr(ctypes, "CDLL", no_glibc)
     assert not runtime.tune_cpu_allocator("cpu")
+
+
+# --- XLA:CPU compiler options of the train step -----------------------------------------------
+def _conv_then_dot(x, k, w):
+    y = jax.lax.conv_general_dilated(x, k, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y.reshape(-1, y.shape[-1]) @ w
+
+
+def _library_fusions(compiled_text: str) -> int:
+    return len(re.findall(r"= \S+ fusion\([^\n]*kind=kCustom", compiled_text))
+
+
+@pytest.fixture
+def clean_xla_env(monkeypatch):
+    monkeypatch.delenv(runtime.XLA_OPT_OUT, raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "")
+
+
+def test_cpu_options_keep_convolutions_with_xla_and_dots_with_ynnpack(clean_xla_env):
+    """The option string is one this jaxlib accepts, it moves exactly the convolution, and the numbers agree."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    args = tuple(jax.random.normal(k, s) for k, s in zip(keys, [(8, 14, 14, 64), (4, 4, 64, 128), (128, 128)]))
+    default = jax.jit(_conv_then_dot).lower(*args).compile()
+    tuned = jax.jit(_conv_then_dot, compiler_options=runtime.cpu_compiler_options("cpu")).lower(*args).compile()
+    assert " convolution(" in tuned.as_text()  # XLA's own kernel, not inside a library fusion
+    assert _library_fusions(tuned.as_text()) == _library_fusions(default.as_text()) - 1  # the dot stays fused
+    np.testing.assert_allclose(tuned(*args), default(*args), rtol=1e-4, atol=1e-3)  # float32 summation order
+
+
+def test_cpu_options_only_on_cpu_and_user_settings_win(clean_xla_env, monkeypatch):
+    assert runtime.cpu_compiler_options("cpu") == runtime.CPU_COMPILER_OPTIONS
+    assert runtime.cpu_compiler_options("gpu") is None and runtime.cpu_compiler_options("tpu") is None
+    monkeypatch.setenv("XLA_FLAGS", f"--{runtime.YNN_FUSION_OPTION}=-dot")
+    assert runtime.cpu_compiler_options("cpu") is None
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv(runtime.XLA_OPT_OUT, "default")
+    assert runtime.cpu_compiler_options("cpu") is None
