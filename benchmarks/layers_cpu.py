@@ -27,14 +27,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from synthjax.models import layers
+from synthjax.runtime import cpu_compiler_options
 
-# name: (kind, Cin, Cout, input H=W) for the dcgan28 workload of bench/SPEC.md.
+# name: (kind, Cin, Cout, input H=W) for the dcgan28 workload of bench/SPEC.md ...
 DCGAN28_LAYERS = {
     "up256": ("up", 256, 128, 7),
     "up128": ("up", 128, 1, 14),
     "down1": ("down", 1, 64, 28),
     "down64": ("down", 64, 128, 14),
 }
+# ... and up-convolutions of falling output width, where `auto` switches impl on CPU
+# (layers.CPU_CONV_VJP_MIN_FEATURES): `--layers up64to32,up64to8,up64to4,up64to1`.
+WIDTH_LAYERS = {f"up64to{c}": ("up", 64, c, 14) for c in (32, 16, 8, 4, 1)}
+LAYERS = DCGAN28_LAYERS | WIDTH_LAYERS
 NAN = float("nan")
 SLOW_S = 2.0  # a call slower than this at warm-up is timed in the first round only
 
@@ -71,7 +76,8 @@ def compiled_calls(module: nn.Module, x: jax.Array, cot: jax.Array, skip_bwd: bo
             out[what] = (NAN, None)
             continue
         t0 = time.perf_counter()
-        compiled = jax.jit(fn).lower(*args).compile()
+        # The options the train steps compile with (parallel.DataParallel.compile_step).
+        compiled = jax.jit(fn).lower(*args).compile(compiler_options=cpu_compiler_options(jax.default_backend()))
         out[what] = (time.perf_counter() - t0, lambda c=compiled, a=args: jax.block_until_ready(c(*a)))
     return out
 
@@ -129,7 +135,9 @@ def machine_line() -> str:
 
 def bench_layer(name: str, batch: int, dtype: Any, reps: int, skip_slow: bool, rng: np.random.Generator) -> None:
     """Times every candidate of one dcgan28 layer and prints its rows."""
-    kind, cin, cout, hw = DCGAN28_LAYERS[name]
+    if name not in LAYERS:
+        raise SystemExit(f"--layers: unknown layer {name!r}; valid: {', '.join(LAYERS)}")
+    kind, cin, cout, hw = LAYERS[name]
     out_hw = 2 * hw if kind == "up" else hw // 2
     x = jnp.asarray(rng.standard_normal((batch, hw, hw, cin), dtype=np.float32), dtype)
     cot = jnp.asarray(rng.standard_normal((batch, out_hw, out_hw, cout), dtype=np.float32), dtype)
@@ -147,7 +155,9 @@ def bench_layer(name: str, batch: int, dtype: Any, reps: int, skip_slow: bool, r
         t = times.get((impl, what))
         return f"{1e3 * statistics.median(t):9.1f} {1e3 * min(t):8.1f}" if t else f"{'-':>9s} {'-':>8s}"
 
+    auto = layers.resolve_up_impl("auto", features=cout) if kind == "up" else layers.resolve_down_impl("auto")
     label = f"{name} {cin}->{cout} {hw}->{out_hw}"
+    print(f"{label}: auto = {auto}")
     for impl, r in rows.items():
         print(f"{label:22s} {impl:13s} {ms(impl, 'fwd')} {ms(impl, 'fb')}  "
               f"{r['fwd'][0]:9.2f} {r['fb'][0]:9.2f}", flush=True)
@@ -162,8 +172,8 @@ def main() -> None:
     ap.add_argument("--skip-slow", action="store_true", help="skip fwd+bwd of Flax's ConvTranspose 256->128 (seconds)")
     args = ap.parse_args()
     print(machine_line())
-    print(f"batch {args.batch}, {args.dtype}, {args.reps} round-robin reps; auto = "
-          f"up:{layers.resolve_up_impl('auto')} down:{layers.resolve_down_impl('auto')}")
+    print(f"batch {args.batch}, {args.dtype}, {args.reps} round-robin reps, "
+          f"XLA:CPU options {cpu_compiler_options(jax.default_backend())}")
     header = (f"{'layer':22s} {'impl':13s} {'fwd ms':>9s} {'(min)':>8s} {'f+b ms':>9s} {'(min)':>8s}  "
               f"{'compile f':>9s} {'compile fb':>9s}")
     print(header + "\n" + "-" * len(header))

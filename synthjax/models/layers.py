@@ -4,13 +4,16 @@ XLA:CPU differentiates a stride-2 `lax.conv_transpose` very slowly: the
 *kernel* gradient of the 256->128 DCGAN layer at batch 128 takes seconds,
 where PyTorch needs ~0.1 s for the whole forward and backward. The modules
 here compute exactly the function of the Flax layers they stand in for, with
-the same parameter names and shapes. On CPU, `impl="auto"` (`gemm_vjp`)
-keeps XLA's fast forward convs but routes every transposed-conv derivative
-through one im2col gather and two GEMMs, which XLA:CPU runs at GEMM speed;
-the other impls are exact alternatives kept for comparison and for forward-
-mode autodiff. On GPU `impl="auto"` picks `gemm_vjp` too (measured faster on
-an H100 for every DCGAN up-convolution, most of all the narrow image layer);
-on TPU, where nothing was measured, it keeps the native convolutions.
+the same parameter names and shapes. Both fast up-convolution impls keep
+XLA's forward transposed conv and replace only its derivatives: `conv_vjp`
+computes them as the forward and the kernel gradient of the stride-2 conv the
+layer is the transpose of, `gemm_vjp` as one im2col gather and two GEMMs. On
+CPU `impl="auto"` picks `conv_vjp` for wide layers and `gemm_vjp` for narrow
+(image) ones, on GPU `gemm_vjp` (measured faster on an H100 for every DCGAN
+up-convolution, most of all the narrow image layer; `conv_vjp` not measured
+there yet); on TPU, where nothing was measured, the native convolutions. The
+other impls are exact alternatives kept for comparison and forward-mode
+autodiff.
 Every impl can run on chunks of the batch (`batch_chunk`): on CPU, by
 default, 32 images per call, where XLA's convolutions are faster.
 
@@ -45,7 +48,7 @@ from flax.linen.dtypes import promote_dtype
 Array = jax.Array
 Initializer = Callable[..., Array]
 
-UP_IMPLS = ("auto", "native", "gemm_vjp", "phase_matmul", "phase_conv", "im2col3x3")
+UP_IMPLS = ("auto", "native", "gemm_vjp", "conv_vjp", "phase_matmul", "phase_conv", "im2col3x3")
 DOWN_IMPLS = ("auto", "native", "gemm_vjp", "s2d_conv", "s2d_matmul")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -193,11 +196,16 @@ def up_native(x: Array, kernel: Array, precision: Any = None) -> Array:
     return jax.lax.conv_transpose(x, kernel, (2, 2), ((2, 2), (2, 2)), precision=precision)
 
 
+def _transposed_kernel(kernel: Array) -> Array:
+    """The kernel of the transpose of a k=4 s=2 p=1 (transposed) conv: flip, swap in/out.
+    Maps an `UpConv2x` kernel to the `DownConv2x` one of its transpose and back."""
+    return jnp.flip(kernel, axis=(0, 1)).swapaxes(2, 3)
+
+
 def _up_grad_kernel(kernel: Array) -> Array:
     """The (16*Cout, Cin) GEMM kernel of the stride-2 conv that maps an
-    `UpConv2x` output cotangent to its input gradient: flip, swap in/out."""
-    flipped = jnp.flip(kernel, axis=(0, 1)).swapaxes(2, 3)
-    return _s2d_kernel(flipped).reshape(-1, kernel.shape[2])
+    `UpConv2x` output cotangent to its input gradient."""
+    return _s2d_kernel(_transposed_kernel(kernel)).reshape(-1, kernel.shape[2])
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -230,6 +238,41 @@ def _up_gemm_vjp_bwd(precision: Any, res: tuple[Array, Array], g: Array) -> tupl
 
 
 up_gemm_vjp.defvjp(_up_gemm_vjp_fwd, _up_gemm_vjp_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def up_conv_vjp(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """Native transposed conv forward; backward as the forward and the kernel
+    gradient of the stride-2 conv it is the transpose of.
+
+    Both derivatives of a stride-2 transposed conv are computations on a
+    stride-2 *forward* conv: the input gradient is that conv of the output
+    cotangent (flipped, in/out-swapped kernel), the kernel gradient is its
+    kernel gradient against the input, which XLA lowers to a window-dilated
+    convolution (fast) instead of the input-dilated one that `native`
+    differentiates into (seconds on CPU). Once `runtime.CPU_COMPILER_OPTIONS`
+    keeps convolutions on XLA:CPU's own kernels, this beats `gemm_vjp` for
+    wide layers (256->128 at 7x7, batch 128: 89 vs 125-133 ms forward +
+    backward on the 2-core VM) and loses on narrow image layers (128->1:
+    6.0 vs 3.5 ms), where the GEMMs stay ahead. Forward mode: as `gemm_vjp`.
+    """
+    return up_native(x, kernel, precision)
+
+
+def _up_conv_vjp_fwd(x: Array, kernel: Array, precision: Any) -> tuple[Array, tuple[Array, Array]]:
+    return up_native(x, kernel, precision), (x, kernel)
+
+
+def _up_conv_vjp_bwd(precision: Any, res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    x, kernel = res
+    down_kernel, down_kernel_vjp = jax.vjp(_transposed_kernel, kernel)
+    dx, down_vjp = jax.vjp(lambda k: down_native(g, k, precision), down_kernel)
+    (ddown_kernel,) = down_vjp(x.astype(dx.dtype))
+    (dkernel,) = down_kernel_vjp(ddown_kernel)
+    return dx.astype(x.dtype), dkernel
+
+
+up_conv_vjp.defvjp(_up_conv_vjp_fwd, _up_conv_vjp_bwd)
 
 
 def _phase_kernel(kernel: Array, a: int, b: int) -> Array:
@@ -296,26 +339,42 @@ def up_im2col3x3(x: Array, kernel: Array, precision: Any = None) -> Array:
 _UP_FNS = {
     "native": up_native,
     "gemm_vjp": up_gemm_vjp,
+    "conv_vjp": up_conv_vjp,
     "phase_matmul": up_phase_matmul,
     "phase_conv": up_phase_conv,
     "im2col3x3": up_im2col3x3,
 }
 
 
-def resolve_up_impl(impl: str, backend: str | None = None) -> str:
-    """Maps `impl="auto"` to `gemm_vjp` on CPU and GPU, `native` elsewhere (TPU: not measured).
+# On CPU, `impl="auto"` picks by output width: `conv_vjp` from this many output channels up,
+# `gemm_vjp` below (image layers). Forward + backward, batch 128 in chunks of 32, median ms,
+# gemm_vjp / conv_vjp (`python -m benchmarks.layers_cpu --layers ...`, 2-core VM, 2026-11-26):
+# 256->128 at 7x7 177 / 163, 64->32 at 14x14 87 / 74, 64->8 18.2 / 17.8, 64->4 14.1 / 10.4,
+# 64->1 6.9 / 7.5, 128->1 11.2 / 12.2. Whole-batch, in isolation: 256->128 125 / 89, 128->64
+# 168 / 108, 32->4 4.6 / 5.5, 128->1 3.5 / 6.0. Below 8 channels neither wins clearly.
+CPU_CONV_VJP_MIN_FEATURES = 8
 
-    `gemm_vjp` was the fastest formulation of every DCGAN up-convolution timed
-    (forward + backward; benchmarks/layers_cpu.py, gpu_suite.py): on the 2-core
-    CPU 22x for 256->128 and 3x for 128->1 against Flax's own, and on an H100
-    28x for 128->1 at batch 1024 (0.13 vs 3.66 ms), 35x
-    for 64->3 in float32, 2x for 256->128 and 1.05-4x for 128->64.
+
+def resolve_up_impl(impl: str, backend: str | None = None, features: int | None = None) -> str:
+    """Maps `impl="auto"` to the formulation measured fastest for the backend (TPU: `native`).
+
+    CPU: `conv_vjp` for layers with at least `CPU_CONV_VJP_MIN_FEATURES`
+    output channels, `gemm_vjp` for narrower ones (`features=None`: wide).
+    GPU: `gemm_vjp`, the fastest timed for every DCGAN up-convolution on an
+    H100 (gpu_suite.py): 28x Flax's own for 128->1 at batch 1024 (0.13 vs
+    3.66 ms), 35x for 64->3 in float32, 2x for 256->128, 1.05-4x for 128->64.
+    On the CPU `gemm_vjp` was 22x Flax's own for 256->128 and 3x for 128->1
+    (benchmarks/layers_cpu.py) before `conv_vjp` beat it on wide layers.
+    TPU: not measured, so the compiler's own.
     """
     if impl not in UP_IMPLS:
         raise ValueError(f"UpConv2x: impl={impl!r} is not one of {UP_IMPLS}")
     if impl != "auto":
         return impl
-    return "gemm_vjp" if (backend or jax.default_backend()) in ("cpu", "gpu") else "native"
+    backend = backend or jax.default_backend()
+    if backend == "cpu":
+        return "gemm_vjp" if features is not None and features < CPU_CONV_VJP_MIN_FEATURES else "conv_vjp"
+    return "gemm_vjp" if backend == "gpu" else "native"
 
 
 def up_conv2x(x: Array, kernel: Array, impl: str = "auto", precision: Any = None, batch_chunk: int = 0) -> Array:
@@ -323,7 +382,7 @@ def up_conv2x(x: Array, kernel: Array, impl: str = "auto", precision: Any = None
     (4, 4, Cin, Cout) kernel, via the formulation named by `impl`, on chunks
     of `batch_chunk` images (`resolve_batch_chunk`; 0: the backend's default)."""
     _check_args(x, kernel, "up_conv2x")
-    fn = _UP_FNS[resolve_up_impl(impl)]
+    fn = _UP_FNS[resolve_up_impl(impl, features=kernel.shape[-1])]
     return in_batch_chunks(lambda part: fn(part, kernel, precision), x, resolve_batch_chunk(batch_chunk))
 
 
@@ -357,7 +416,7 @@ def _down_gemm_vjp_bwd(precision: Any, res: tuple[Array, Array], g: Array) -> tu
     # swapped kernel. For an odd size it needs one more output row/column
     # (2*(H//2) + 1 = H): a zero row/column appended to g provides it.
     g_even = pad_spatial(g, (0, h % 2), (0, w % 2))
-    dx = up_gemm_vjp(g_even, jnp.flip(kernel, axis=(0, 1)).swapaxes(2, 3), precision)[:, :h, :w]
+    dx = up_gemm_vjp(g_even, _transposed_kernel(kernel), precision)[:, :h, :w]
     (dkernel,) = jax.vjp(lambda k: down_native(x, k, precision), kernel)[1](g)
     return dx.astype(x.dtype), dkernel
 
