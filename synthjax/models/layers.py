@@ -4,16 +4,17 @@ XLA:CPU differentiates a stride-2 `lax.conv_transpose` very slowly: the
 *kernel* gradient of the 256->128 DCGAN layer at batch 128 takes seconds,
 where PyTorch needs ~0.1 s for the whole forward and backward. The modules
 here compute exactly the function of the Flax layers they stand in for, with
-the same parameter names and shapes. Both fast up-convolution impls keep
-XLA's forward transposed conv and replace only its derivatives: `conv_vjp`
-computes them as the forward and the kernel gradient of the stride-2 conv the
-layer is the transpose of, `gemm_vjp` as one im2col gather and two GEMMs. On
-CPU `impl="auto"` picks `conv_vjp` for wide layers and `gemm_vjp` for narrow
-(image) ones, on GPU `gemm_vjp` (measured faster on an H100 for every DCGAN
-up-convolution, most of all the narrow image layer; `conv_vjp` not measured
-there yet); on TPU, where nothing was measured, the native convolutions. The
-other impls are exact alternatives kept for comparison and forward-mode
-autodiff.
+the same parameter names and shapes. The fast up-convolution impls all
+replace XLA's derivatives of the transposed conv: `gemm_vjp` (native
+forward) by one im2col gather and two GEMMs, `conv_vjp` (native forward)
+and `subpixel` (forward as one stride-1 conv to the four output phases) by
+the forward and the kernel gradient of the stride-2 conv the layer is the
+transpose of. `impl="auto"` picks, from measurements: on CPU `subpixel` for
+wide layers and `gemm_vjp` for narrow (image) ones; on GPU `gemm_vjp`
+(faster on an H100 for every DCGAN up-convolution, most of all the narrow
+image layer; `conv_vjp` and `subpixel` not measured there yet); on TPU,
+where nothing was measured, the native convolutions. The other impls are
+exact alternatives kept for comparison and forward-mode autodiff.
 Every impl can run on chunks of the batch (`batch_chunk`): on CPU, by
 default, 32 images per call, where XLA's convolutions are faster.
 
@@ -48,7 +49,7 @@ from flax.linen.dtypes import promote_dtype
 Array = jax.Array
 Initializer = Callable[..., Array]
 
-UP_IMPLS = ("auto", "native", "gemm_vjp", "conv_vjp", "phase_matmul", "phase_conv", "im2col3x3")
+UP_IMPLS = ("auto", "native", "gemm_vjp", "conv_vjp", "subpixel", "phase_matmul", "phase_conv", "im2col3x3")
 DOWN_IMPLS = ("auto", "native", "gemm_vjp", "s2d_conv", "s2d_matmul")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -250,11 +251,11 @@ def up_conv_vjp(x: Array, kernel: Array, precision: Any = None) -> Array:
     cotangent (flipped, in/out-swapped kernel), the kernel gradient is its
     kernel gradient against the input, which XLA lowers to a window-dilated
     convolution (fast) instead of the input-dilated one that `native`
-    differentiates into (seconds on CPU). Once `runtime.CPU_COMPILER_OPTIONS`
-    keeps convolutions on XLA:CPU's own kernels, this beats `gemm_vjp` for
-    wide layers (256->128 at 7x7, batch 128: 89 vs 125-133 ms forward +
-    backward on the 2-core VM) and loses on narrow image layers (128->1:
-    6.0 vs 3.5 ms), where the GEMMs stay ahead. Forward mode: as `gemm_vjp`.
+    differentiates into (seconds on CPU). With convolutions on XLA:CPU's own
+    kernels (`runtime.CPU_COMPILER_OPTIONS`) this backward beats `gemm_vjp`'s
+    on wide layers (256->128 at 7x7, batch 128, backward only: 67 vs ~110
+    ms on the 2-core VM) and not on image layers (128->1: 6.0 vs 3.5 ms
+    forward + backward). Forward mode: as `gemm_vjp`.
     """
     return up_native(x, kernel, precision)
 
@@ -273,6 +274,46 @@ def _up_conv_vjp_bwd(precision: Any, res: tuple[Array, Array], g: Array) -> tupl
 
 
 up_conv_vjp.defvjp(_up_conv_vjp_fwd, _up_conv_vjp_bwd)
+
+
+def up_subpixel_forward(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """The transposed conv as ONE stride-1 2x2 convolution to all four output
+    phases, then an interleave (the "sub-pixel" view of the module docstring).
+
+    Phase (a, b) at output (2m + a, 2n + b) is `z[m + a, n + b, (a, b)]`,
+    `z` the 2x2 VALID conv of the 1-padded input with the (2, 2, Cin,
+    4*Cout) kernel `[t, u, c, (a, b, o)] = w[2t + a, 2u + b, c, o]`; `z` has
+    one more row and column than the input, so it does (H+1)(W+1)/(HW) of
+    the exact FLOPs, in one wide GEMM-shaped convolution.
+    """
+    b, h, w, cin = x.shape
+    cout = kernel.shape[-1]
+    phase_kernel = kernel.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, cin, 4 * cout)
+    z = jax.lax.conv_general_dilated(pad_spatial(x, (1, 1), (1, 1)), phase_kernel, (1, 1), "VALID",
+                                     dimension_numbers=_NHWC, precision=precision)
+    z = z.reshape(b, h + 1, w + 1, 2, 2, cout)
+    rows = [jnp.stack([z[:, a:a + h, c:c + w, a, c] for c in (0, 1)], axis=3) for a in (0, 1)]  # (B, H, W, 2, C)
+    return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, cout)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def up_subpixel(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """`up_subpixel_forward`, differentiated as `up_conv_vjp` is.
+
+    On XLA:CPU the sub-pixel forward beats the native transposed conv for
+    wide layers (batch 128, forward ms: 256->128 at 7x7 37 vs 43-61,
+    128->64 at 14x14 36 vs 56-102) and loses on image layers (128->1: 6.1
+    vs 4.0); its own autodiff is slower than `up_conv_vjp`'s backward, so
+    the backward is that one. Forward mode: as `gemm_vjp`.
+    """
+    return up_subpixel_forward(x, kernel, precision)
+
+
+def _up_subpixel_fwd(x: Array, kernel: Array, precision: Any) -> tuple[Array, tuple[Array, Array]]:
+    return up_subpixel_forward(x, kernel, precision), (x, kernel)
+
+
+up_subpixel.defvjp(_up_subpixel_fwd, _up_conv_vjp_bwd)
 
 
 def _phase_kernel(kernel: Array, a: int, b: int) -> Array:
@@ -340,31 +381,33 @@ _UP_FNS = {
     "native": up_native,
     "gemm_vjp": up_gemm_vjp,
     "conv_vjp": up_conv_vjp,
+    "subpixel": up_subpixel,
     "phase_matmul": up_phase_matmul,
     "phase_conv": up_phase_conv,
     "im2col3x3": up_im2col3x3,
 }
 
 
-# On CPU, `impl="auto"` picks by output width: `conv_vjp` from this many output channels up,
+# On CPU, `impl="auto"` picks by output width: `subpixel` from this many output channels up,
 # `gemm_vjp` below (image layers). Forward + backward, batch 128 in chunks of 32, median ms,
-# gemm_vjp / conv_vjp (`python -m benchmarks.layers_cpu --layers ...`, 2-core VM, 2026-11-26):
-# 256->128 at 7x7 177 / 163, 64->32 at 14x14 87 / 74, 64->8 18.2 / 17.8, 64->4 14.1 / 10.4,
-# 64->1 6.9 / 7.5, 128->1 11.2 / 12.2. Whole-batch, in isolation: 256->128 125 / 89, 128->64
-# 168 / 108, 32->4 4.6 / 5.5, 128->1 3.5 / 6.0. Below 8 channels neither wins clearly.
-CPU_CONV_VJP_MIN_FEATURES = 8
+# gemm_vjp / conv_vjp / subpixel (`python -m benchmarks.layers_cpu --skip-slow --layers
+# up256,up128,up64to32,up64to8,up64to4,up64to1`, 2-core VM, 2026-11-26 23:30 UTC): 256->128 at
+# 7x7 132 / 140 / 127 (PyTorch 101), 64->32 at 14x14 76 / 59 / 54, 64->8 18.4 / 18.4 / 15.1,
+# 64->4 10.9 / 9.0 / 9.6, 64->1 5.4 / 6.0 / 7.8, 128->1 12.6 / 12.0 / 13.7. Whole train steps
+# (paired, step-time ratio to conv_vjp): dcgan28 0.971, vae_conv 0.933, vqvae 1.01.
+CPU_SUBPIXEL_MIN_FEATURES = 8
 
 
 def resolve_up_impl(impl: str, backend: str | None = None, features: int | None = None) -> str:
     """Maps `impl="auto"` to the formulation measured fastest for the backend (TPU: `native`).
 
-    CPU: `conv_vjp` for layers with at least `CPU_CONV_VJP_MIN_FEATURES`
+    CPU: `subpixel` for layers with at least `CPU_SUBPIXEL_MIN_FEATURES`
     output channels, `gemm_vjp` for narrower ones (`features=None`: wide).
     GPU: `gemm_vjp`, the fastest timed for every DCGAN up-convolution on an
     H100 (gpu_suite.py): 28x Flax's own for 128->1 at batch 1024 (0.13 vs
     3.66 ms), 35x for 64->3 in float32, 2x for 256->128, 1.05-4x for 128->64.
     On the CPU `gemm_vjp` was 22x Flax's own for 256->128 and 3x for 128->1
-    (benchmarks/layers_cpu.py) before `conv_vjp` beat it on wide layers.
+    (benchmarks/layers_cpu.py) before `subpixel` beat it on wide layers.
     TPU: not measured, so the compiler's own.
     """
     if impl not in UP_IMPLS:
@@ -373,7 +416,7 @@ def resolve_up_impl(impl: str, backend: str | None = None, features: int | None 
         return impl
     backend = backend or jax.default_backend()
     if backend == "cpu":
-        return "gemm_vjp" if features is not None and features < CPU_CONV_VJP_MIN_FEATURES else "conv_vjp"
+        return "gemm_vjp" if features is not None and features < CPU_SUBPIXEL_MIN_FEATURES else "subpixel"
     return "gemm_vjp" if backend == "gpu" else "native"
 
 

@@ -13,8 +13,8 @@ from synthjax.models import layers
 # some backend on all of them (each impl costs a compile, which dominates).
 UP_ALL = list(layers.UP_IMPLS)
 UP_CASES = [((3, 7, 7, 5, 4, True), UP_ALL),
-            ((2, 14, 14, 3, 1, True), ["auto", "native", "gemm_vjp", "conv_vjp"]),
-            ((3, 5, 6, 4, 2, False), ["auto", "native", "gemm_vjp", "conv_vjp"])]
+            ((2, 14, 14, 3, 1, True), ["auto", "native", "gemm_vjp", "conv_vjp", "subpixel"]),
+            ((3, 5, 6, 4, 2, False), ["auto", "native", "gemm_vjp", "conv_vjp", "subpixel"])]
 DOWN_ALL = list(layers.DOWN_IMPLS)
 DOWN_CASES = [((3, 14, 14, 3, 4, True), DOWN_ALL),
               ((2, 28, 28, 1, 5, True), ["auto", "native", "gemm_vjp"]),
@@ -93,8 +93,9 @@ def test_down_matches_flax_conv(shape: tuple, impls: list) -> None:
 @pytest.mark.parametrize("fast,native,x_shape,k_shape", [
     (layers.up_gemm_vjp, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2)),
     (layers.up_conv_vjp, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2)),
+    (layers.up_subpixel, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2)),
     (layers.down_gemm_vjp, layers.down_native, (2, 7, 6, 3), (4, 4, 3, 2)),
-], ids=["up_gemm", "up_conv", "down_odd"])
+], ids=["up_gemm", "up_conv", "up_subpixel", "down_odd"])
 def test_custom_vjp_second_order_matches_native(fast, native, x_shape: tuple, k_shape: tuple) -> None:
     """Reverse-over-reverse through the custom backward, as gradient penalties (R1, WGAN-GP) need."""
     x, k = normal(x_shape, 4), normal(k_shape, 5)
@@ -133,8 +134,8 @@ def test_batch_chunk_resolution() -> None:
 
 
 def test_auto_impl_by_backend() -> None:
-    assert layers.resolve_up_impl("auto", backend="cpu") == "conv_vjp"  # benchmarks/layers_cpu.py
-    assert layers.resolve_up_impl("auto", backend="cpu", features=8) == "conv_vjp"
+    assert layers.resolve_up_impl("auto", backend="cpu") == "subpixel"  # benchmarks/layers_cpu.py
+    assert layers.resolve_up_impl("auto", backend="cpu", features=8) == "subpixel"
     assert layers.resolve_up_impl("auto", backend="cpu", features=3) == "gemm_vjp"  # image layers
     assert layers.resolve_up_impl("auto", backend="gpu", features=256) == "gemm_vjp"
     assert layers.resolve_up_impl("auto", backend="gpu") == "gemm_vjp"  # measured on an H100 (gpu_suite.py)
