@@ -37,7 +37,7 @@ DCGAN28_LAYERS = {
     "down64": ("down", 64, 128, 14),
 }
 # ... and up-convolutions of falling output width, where `auto` switches impl on CPU
-# (layers.CPU_CONV_VJP_MIN_FEATURES): `--layers up64to32,up64to8,up64to4,up64to1`.
+# (layers.CPU_SUBPIXEL_MIN_FEATURES): `--layers up64to32,up64to8,up64to4,up64to1`.
 WIDTH_LAYERS = {f"up64to{c}": ("up", 64, c, 14) for c in (32, 16, 8, 4, 1)}
 LAYERS = DCGAN28_LAYERS | WIDTH_LAYERS
 NAN = float("nan")

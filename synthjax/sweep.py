@@ -39,7 +39,7 @@ are not resumable mid-way: an unfinished group is retrained from the start.
 Speed (benchmarks/vmap_seeds.py, 8 seeds of dcgan28 at batch 128 on a shared
 2-core CPU): XLA:CPU turns convolutions with per-member kernels into slow
 grouped convolutions, so the vmapped step runs at 0.28x the throughput of 8
-sequential steps with the default convolutions; with
+sequential steps with the default convolutions (then `gemm_vjp`); with
 `--config.model.conv_impl=matmul` (GEMM-only, the same function) it matches
 them (1.02x), and a whole 10-step sweep finishes 1.45x sooner because it
 compiles, loads data and evaluates once instead of 8 times. The larger gains
