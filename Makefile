@@ -5,12 +5,14 @@ PY := $(VENV)/bin/python
 # Stamps: the package with its runtime dependencies (enough for make train), then the test extras.
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
+# oneDNN convolutions for XLA:CPU (synthjax/kernels). If they cannot build, synthjax runs on XLA's own.
+NATIVE := synthjax/kernels/_onednn_conv.so
 WORKDIR ?= runs/dcgan
 CONFIG ?= configs/dcgan.py
 # Tests use both cores; `make test PYTEST_ARGS=-x` to stop at the first failure.
 PYTEST_ARGS ?=
 
-.PHONY: train test install bench clean
+.PHONY: train test install native bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; run 'make PYTHON=python3 ...' with a Python 3.11 interpreter"; exit 1; }
@@ -23,18 +25,23 @@ $(DEV_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(DEV_STAMP)
 
-install: $(DEV_STAMP)
+$(NATIVE): synthjax/kernels/onednn_conv.cc synthjax/kernels/build.py $(STAMP)
+	$(PY) -m synthjax.kernels.build || echo "make: oneDNN kernels not built (reason above); convolutions stay on XLA's own kernels"
 
-train: $(STAMP)
+native: $(NATIVE)
+
+install: $(DEV_STAMP) $(NATIVE)
+
+train: $(STAMP) $(NATIVE)
 	@echo "Training $(CONFIG) into workdir: $(WORKDIR)"
 	$(PY) train.py --config $(CONFIG) --workdir $(WORKDIR)
 	@echo "Done. Samples and metrics are in $(WORKDIR)"
 
-test: $(DEV_STAMP)
+test: $(DEV_STAMP) $(NATIVE)
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS) tests
 
-bench: $(DEV_STAMP)
+bench: $(DEV_STAMP) $(NATIVE)
 	$(PY) benchmarks/compare.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache $(NATIVE)

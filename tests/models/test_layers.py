@@ -6,19 +6,25 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from synthjax.kernels import onednn
 from synthjax.models import layers
 
 # (batch, H, W, Cin, Cout, use_bias), impls: odd sizes, non-square, one output
 # channel, no bias. Every impl on the first shape; the impls `auto` picks on
 # some backend on all of them (each impl costs a compile, which dominates).
-UP_ALL = list(layers.UP_IMPLS)
+# `onednn` only where its library is built (tests/kernels/test_onednn.py says when it must be).
+ONEDNN = ["onednn"] if onednn.available() else []
+UP_ALL = [impl for impl in layers.UP_IMPLS if impl != "onednn" or ONEDNN]
 UP_CASES = [((3, 7, 7, 5, 4, True), UP_ALL),
-            ((2, 14, 14, 3, 1, True), ["auto", "native", "gemm_vjp", "conv_vjp", "subpixel"]),
-            ((3, 5, 6, 4, 2, False), ["auto", "native", "gemm_vjp", "conv_vjp", "subpixel"])]
-DOWN_ALL = list(layers.DOWN_IMPLS)
+            ((2, 14, 14, 3, 1, True), ["auto", "native", "gemm_vjp", "conv_vjp", "subpixel", *ONEDNN]),
+            ((3, 5, 6, 4, 2, False), ["auto", "native", "gemm_vjp", "conv_vjp", "subpixel", *ONEDNN])]
+DOWN_ALL = [impl for impl in layers.DOWN_IMPLS if impl != "onednn" or ONEDNN]
 DOWN_CASES = [((3, 14, 14, 3, 4, True), DOWN_ALL),
-              ((2, 28, 28, 1, 5, True), ["auto", "native", "gemm_vjp"]),
+              ((2, 28, 28, 1, 5, True), ["auto", "native", "gemm_vjp", *ONEDNN]),
               ((3, 7, 9, 4, 1, False), DOWN_ALL)]
+
+
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
 
 
 def reference_up(features: int, use_bias: bool = True) -> nn.Module:
@@ -95,7 +101,9 @@ def test_down_matches_flax_conv(shape: tuple, impls: list) -> None:
     (layers.up_conv_vjp, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2)),
     (layers.up_subpixel, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2)),
     (layers.down_gemm_vjp, layers.down_native, (2, 7, 6, 3), (4, 4, 3, 2)),
-], ids=["up_gemm", "up_conv", "up_subpixel", "down_odd"])
+    pytest.param(layers.up_onednn, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2), marks=needs_onednn),
+    pytest.param(layers.down_onednn, layers.down_native, (2, 7, 6, 3), (4, 4, 3, 2), marks=needs_onednn),
+], ids=["up_gemm", "up_conv", "up_subpixel", "down_odd", "up_onednn", "down_onednn_odd"])
 def test_custom_vjp_second_order_matches_native(fast, native, x_shape: tuple, k_shape: tuple) -> None:
     """Reverse-over-reverse through the custom backward, as gradient penalties (R1, WGAN-GP) need."""
     x, k = normal(x_shape, 4), normal(k_shape, 5)
@@ -134,13 +142,17 @@ def test_batch_chunk_resolution() -> None:
 
 
 def test_auto_impl_by_backend() -> None:
-    assert layers.resolve_up_impl("auto", backend="cpu") == "subpixel"  # benchmarks/layers_cpu.py
-    assert layers.resolve_up_impl("auto", backend="cpu", features=8) == "subpixel"
+    wide = "onednn" if onednn.available() else "subpixel"  # benchmarks/layers_cpu.py
+    assert layers.resolve_up_impl("auto", backend="cpu") == wide
+    assert layers.resolve_up_impl("auto", backend="cpu", features=8) == wide
+    assert layers.resolve_up_impl("auto", backend="cpu", features=8, dtype=jnp.bfloat16) == "subpixel"
     assert layers.resolve_up_impl("auto", backend="cpu", features=3) == "gemm_vjp"  # image layers
     assert layers.resolve_up_impl("auto", backend="gpu", features=256) == "gemm_vjp"
     assert layers.resolve_up_impl("auto", backend="gpu") == "gemm_vjp"  # measured on an H100 (gpu_suite.py)
     assert layers.resolve_up_impl("auto", backend="tpu") == "native"  # not measured: the compiler's own
-    assert layers.resolve_down_impl("auto", backend="cpu") == "gemm_vjp"
+    assert layers.resolve_down_impl("auto", backend="cpu") == ("onednn" if onednn.available() else "gemm_vjp")
+    assert layers.resolve_down_impl("auto", backend="cpu", in_features=3) == "gemm_vjp"  # image layers
+    assert layers.resolve_down_impl("auto", backend="cpu", dtype=jnp.bfloat16) == "gemm_vjp"
     assert layers.resolve_down_impl("auto", backend="gpu") == "native"
     with pytest.raises(ValueError, match="impl='fast'"):
         layers.resolve_up_impl("fast")

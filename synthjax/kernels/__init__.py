@@ -1,0 +1,1 @@
+"""Native kernels behind XLA custom calls (oneDNN convolutions for XLA:CPU); see onednn.py."""

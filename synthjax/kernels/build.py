@@ -1,0 +1,69 @@
+"""Builds the oneDNN convolution library: `python -m synthjax.kernels.build`.
+
+Compiles `onednn_conv.cc` into `_onednn_conv.so` next to it with g++ (or
+`$CXX`), against jaxlib's XLA FFI headers (`jax.ffi.include_dir()`) and the
+oneDNN headers and library of the pip packages `onednn-devel` and
+`onednn-cpu-gomp`, which install into `<sys.prefix>/include` and
+`<sys.prefix>/lib`. `make native` runs it (and `make train` / `make test`
+through it). Exits non-zero, saying what is missing, when it cannot build.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+import jax
+
+from synthjax.kernels.onednn import LIBRARY
+
+SOURCE = os.path.join(os.path.dirname(__file__), "onednn_conv.cc")
+
+
+def onednn_dirs() -> tuple[str, str]:
+    """(include dir, lib dir) of the pip-installed oneDNN."""
+    return os.path.join(sys.prefix, "include"), os.path.join(sys.prefix, "lib")
+
+
+def command(output: str = LIBRARY) -> list[str]:
+    include, lib = onednn_dirs()
+    cxx = os.environ.get("CXX", "g++")
+    return [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
+            f"-I{include}", f"-I{jax.ffi.include_dir()}", SOURCE, "-o", output,
+            f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}", "-Wl,--no-undefined"]
+
+
+def missing() -> str | None:
+    """What the build lacks, or None."""
+    include, lib = onednn_dirs()
+    cmd = command()
+    if shutil.which(cmd[0]) is None:
+        return f"no C++ compiler {cmd[0]!r} on PATH (install g++ or set CXX)"
+    if not os.path.exists(os.path.join(include, "oneapi", "dnnl", "dnnl.h")):
+        return f"no oneDNN headers under {include} (pip install onednn-devel)"
+    if not os.path.exists(os.path.join(lib, "libdnnl.so")):
+        return f"no libdnnl.so under {lib} (pip install onednn-cpu-gomp)"
+    return None
+
+
+def build() -> int:
+    reason = missing()
+    if reason:
+        print(f"synthjax.kernels.build: cannot build {LIBRARY}: {reason}", file=sys.stderr)
+        return 1
+    # Write to a temporary name first, so a failed build never leaves a half-written library.
+    tmp = LIBRARY + ".tmp"
+    cmd = command(tmp)
+    print(shlex.join(cmd))
+    result = subprocess.run(cmd)
+    if result.returncode != 0:
+        print(f"synthjax.kernels.build: {cmd[0]} failed (exit {result.returncode})", file=sys.stderr)
+        return result.returncode
+    os.replace(tmp, LIBRARY)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(build())
