@@ -25,8 +25,12 @@ $(DEV_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(DEV_STAMP)
 
+# The headers come from onednn-devel, installed without its dependency: that is oneDNN 2026's
+# TBB/SYCL build, whose libdnnl.so would replace onednn-cpu-gomp's. The kernels use only the
+# oneDNN 3.x C API, stable across 3.x; the link (--no-undefined) checks it against 3.2.
 $(NATIVE): synthjax/kernels/onednn_conv.cc synthjax/kernels/build.py $(STAMP)
-	$(PY) -m synthjax.kernels.build || echo "make: oneDNN kernels not built (reason above); convolutions stay on XLA's own kernels"
+	$(PY) -m pip install --quiet --no-deps onednn-devel==2026.1.0 && $(PY) -m synthjax.kernels.build \
+	  || echo "make: oneDNN kernels not built (reason above); convolutions stay on XLA's own kernels"
 
 native: $(NATIVE)
 

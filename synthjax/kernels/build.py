@@ -4,11 +4,15 @@ Compiles `onednn_conv.cc` into `_onednn_conv.so` next to it with g++ (or
 `$CXX`), against jaxlib's XLA FFI headers (`jax.ffi.include_dir()`) and the
 oneDNN headers and library of the pip packages `onednn-devel` and
 `onednn-cpu-gomp`, which install into `<sys.prefix>/include` and
-`<sys.prefix>/lib`. `make native` runs it (and `make train` / `make test`
-through it). Exits non-zero, saying what is missing, when it cannot build.
+`<sys.prefix>/lib` (`pip install --no-deps onednn-devel==2026.1.0`: its own
+dependency, oneDNN 2026's TBB/SYCL build, would replace the library).
+`make native` runs it (and `make train` / `make test` through it). Exits
+non-zero, saying what is missing, when it cannot build or the result does
+not load.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
 import shutil
@@ -42,7 +46,7 @@ def missing() -> str | None:
     if shutil.which(cmd[0]) is None:
         return f"no C++ compiler {cmd[0]!r} on PATH (install g++ or set CXX)"
     if not os.path.exists(os.path.join(include, "oneapi", "dnnl", "dnnl.h")):
-        return f"no oneDNN headers under {include} (pip install onednn-devel)"
+        return f"no oneDNN headers under {include} (pip install --no-deps onednn-devel==2026.1.0)"
     if not os.path.exists(os.path.join(lib, "libdnnl.so")):
         return f"no libdnnl.so under {lib} (pip install onednn-cpu-gomp)"
     return None
@@ -61,6 +65,12 @@ def build() -> int:
     if result.returncode != 0:
         print(f"synthjax.kernels.build: {cmd[0]} failed (exit {result.returncode})", file=sys.stderr)
         return result.returncode
+    try:  # e.g. a libdnnl.so that needs TBB: fail here, not at the first convolution
+        ctypes.CDLL(tmp)
+    except OSError as err:
+        os.remove(tmp)
+        print(f"synthjax.kernels.build: the built library does not load: {err}", file=sys.stderr)
+        return 1
     os.replace(tmp, LIBRARY)
     return 0
 

@@ -39,7 +39,7 @@ _TARGETS = ("synthjax_conv_fwd", "synthjax_conv_bwd_data", "synthjax_conv_bwd_we
 def _register() -> str | None:
     """Loads the library and registers its three FFI targets, once; returns why not, or None."""
     if not os.path.exists(LIBRARY):
-        return f"{LIBRARY} is not built (run `make native`: needs g++ and the onednn-cpu-gomp, onednn-devel packages)"
+        return f"{LIBRARY} is not built (run `make native`, or `python -m synthjax.kernels.build`: needs g++ and the onednn-cpu-gomp package)"
     try:
         lib = ctypes.cdll.LoadLibrary(LIBRARY)
     except OSError as err:
