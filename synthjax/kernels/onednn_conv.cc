@@ -179,6 +179,13 @@ ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst
   if (plan->weights_reorder) {
     dnnl_memory_create(&conv_w, plan->conv_weights_md, Engine(), DNNL_MEMORY_ALLOCATE);
   }
+  // One convolution at a time per process. Each already spreads over every
+  // core (OpenMP), and two at once, from two XLA threads (several CPU
+  // devices, or independent ops of one program), can deadlock: oneDNN's
+  // backward-weights kernels meet in barriers sized for a full team, and
+  // concurrent OpenMP teams do not get one each (seen with 4 CPU devices).
+  static std::mutex execute_mu;
+  std::lock_guard<std::mutex> lock(execute_mu);
   dnnl_status_t s = dnnl_success;
   if (plan->weights_reorder && kind != Kind::kBackwardWeights) {
     dnnl_exec_arg_t args[] = {{DNNL_ARG_FROM, user_w}, {DNNL_ARG_TO, conv_w}};

@@ -413,6 +413,10 @@ _UP_FNS = {
 # 7x7 132 / 140 / 127 (PyTorch 101), 64->32 at 14x14 76 / 59 / 54, 64->8 18.4 / 18.4 / 15.1,
 # 64->4 10.9 / 9.0 / 9.6, 64->1 5.4 / 6.0 / 7.8, 128->1 12.6 / 12.0 / 13.7. Whole train steps
 # (paired, step-time ratio to conv_vjp): dcgan28 0.971, vae_conv 0.933, vqvae 1.01.
+# `onednn`, where built, takes the wide side of the same threshold, for up and down layers alike
+# (the narrow side counted: output channels up, input channels down). It lost on the dcgan28
+# image layers (128->1 16.2 vs 11.9 ms, 1->64 9.9 vs 8.6; benchmarks/RESULTS.md, sixth session);
+# widths between 1 and 64 were not measured with it.
 CPU_SUBPIXEL_MIN_FEATURES = 8
 
 
@@ -585,11 +589,12 @@ class DownConv2x(nn.Module):
     Parameters match `nn.Conv(features, (4, 4), (2, 2), padding=((1, 1),
     (1, 1)))` in name, shape and meaning. Unlike the transposed conv, the
     native strided conv's XLA:CPU forward and backward (input gradient
-    included) are already fast, within ~2x of PyTorch, and neither
-    space-to-depth rewrite (`s2d_conv`, `s2d_matmul`, kept as exact
-    alternatives) beat it. `impl="auto"` is `gemm_vjp` on CPU anyway (native
-    to first order, 10x faster under gradient penalties; see
-    `down_gemm_vjp`) and `native` on GPU/TPU.
+    included) are already within ~2x of PyTorch, and neither space-to-depth
+    rewrite (`s2d_conv`, `s2d_matmul`, kept as exact alternatives) beat it.
+    `impl="auto"` (`resolve_down_impl`) is `onednn` on CPU for wide float32
+    layers, `gemm_vjp` for the CPU's other cases (native to first order, 10x
+    faster under gradient penalties; see `down_gemm_vjp`) and `native` on
+    GPU/TPU.
     """
 
     features: int
