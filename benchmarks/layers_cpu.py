@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from synthjax.kernels import onednn
 from synthjax.models import layers
 from synthjax.runtime import cpu_compiler_options
 
@@ -51,11 +52,17 @@ def flax_reference(kind: str, cout: int, dtype: Any) -> nn.Module:
     return nn.Conv(cout, (4, 4), (2, 2), padding=((1, 1), (1, 1)), dtype=dtype)
 
 
+def onednn_runs(dtype: Any) -> bool:
+    """The oneDNN impl takes float32 and needs its library (`make native`)."""
+    return jnp.dtype(dtype) == jnp.float32 and onednn.available()
+
+
 def candidates(kind: str, cout: int, dtype: Any) -> dict[str, nn.Module]:
     """Flax's own layer first, then every concrete impl of ours."""
     cls, impls = (layers.UpConv2x, layers.UP_IMPLS) if kind == "up" else (layers.DownConv2x, layers.DOWN_IMPLS)
     mods = {"flax": flax_reference(kind, cout, dtype)}
-    mods.update({impl: cls(cout, dtype=dtype, impl=impl) for impl in impls if impl != "auto"})
+    runnable = [impl for impl in impls if impl != "auto" and (impl != "onednn" or onednn_runs(dtype))]
+    mods.update({impl: cls(cout, dtype=dtype, impl=impl) for impl in runnable})
     return mods
 
 
@@ -155,7 +162,8 @@ def bench_layer(name: str, batch: int, dtype: Any, reps: int, skip_slow: bool, r
         t = times.get((impl, what))
         return f"{1e3 * statistics.median(t):9.1f} {1e3 * min(t):8.1f}" if t else f"{'-':>9s} {'-':>8s}"
 
-    auto = layers.resolve_up_impl("auto", features=cout) if kind == "up" else layers.resolve_down_impl("auto")
+    auto = (layers.resolve_up_impl("auto", features=cout, dtype=dtype) if kind == "up"
+            else layers.resolve_down_impl("auto", in_features=cin, dtype=dtype))
     label = f"{name} {cin}->{cout} {hw}->{out_hw}"
     print(f"{label}: auto = {auto}")
     for impl, r in rows.items():

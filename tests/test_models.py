@@ -103,6 +103,15 @@ def test_conv_impl_roles_parse_and_resolve_per_backend():
         build_gan(gan_cfg(conv_batch_chunk=-2), (28, 28, 1), jnp.float32)
 
 
+def test_conv_impl_onednn_refused_where_it_cannot_run(monkeypatch):
+    from synthjax.models.gan import parse_conv_impl
+
+    monkeypatch.setenv("SYNTHJAX_ONEDNN", "0")
+    with pytest.raises(UserError, match="up=onednn cannot run here: disabled by SYNTHJAX_ONEDNN=0"):
+        parse_conv_impl("up=onednn")
+    assert parse_conv_impl("auto", "cpu")["up"] == "auto"  # auto falls back instead
+
+
 def test_every_conv_impl_computes_the_same_dcgan():
     """The per-role formulations are exact rewrites: one set of variables, the same outputs."""
     z = jax.random.normal(jax.random.key(0), (2, 100))

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from synthjax.errors import UserError
+from synthjax.kernels import onednn
 from synthjax.models.layers import DOWN_IMPLS, UP_IMPLS, DownConv2x, UpConv2x, resolve_batch_chunk
 
 Dtype = Any
@@ -75,6 +76,9 @@ def parse_conv_impl(spec: str, backend: str | None = None) -> dict[str, str]:
         valid = UP_IMPLS if role in ("up", "out") else DOWN_IMPLS
         if impl not in valid:
             raise UserError(f"model.conv_impl: {role}={impl!r} is not one of {', '.join(valid)}")
+        if impl == "onednn" and not onednn.available():
+            raise UserError(f"model.conv_impl: {role}=onednn cannot run here: {onednn.unavailable_reason()}; "
+                            f"use 'auto' (it falls back to XLA's convolutions)")
     return impls
 
 
