@@ -6,9 +6,9 @@
 //   synthjax_conv_bwd_data     dx = conv's input gradient for output cotangent dy
 //   synthjax_conv_bwd_weights  dw = conv's kernel gradient for input x and cotangent dy
 // Stride and padding come as attributes; every shape comes from the buffers,
-// so one handler serves every layer. Why: XLA:CPU's own convolution kernels
-// are 1.3-1.5x slower than oneDNN's on the DCGAN layers (see
-// synthjax/kernels/onednn.py), which is most of a dcgan28 step on a CPU.
+// so one handler serves every layer. Why: on the DCGAN layers XLA:CPU's own
+// convolutions (or their best rewrites) were 1.16-1.35x slower than these
+// (forward + backward, batch 128; benchmarks/RESULTS.md, sixth session).
 //
 // Built by `make native` against the pip packages onednn-cpu-gomp (the
 // library, GNU OpenMP threading) and onednn-devel (headers). Only the stable
