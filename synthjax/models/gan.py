@@ -82,11 +82,14 @@ def parse_conv_impl(spec: str, backend: str | None = None) -> dict[str, str]:
     return impls
 
 
+BN_MOMENTUM = 0.9  # Flax's convention: running = 0.9 * running + 0.1 * batch (PyTorch's momentum 0.1)
+
+
 def batch_norm(train: bool, dtype: Dtype, name: str | None = None, affine: bool = True) -> nn.BatchNorm:
     """BatchNorm with PyTorch's defaults (momentum 0.1, eps 1e-5), statistics synced over devices."""
     return nn.BatchNorm(
         use_running_average=not train,
-        momentum=0.9,
+        momentum=BN_MOMENTUM,
         epsilon=1e-5,
         dtype=dtype,
         use_scale=affine,
@@ -94,6 +97,23 @@ def batch_norm(train: bool, dtype: Dtype, name: str | None = None, affine: bool 
         axis_name=AXIS if train else None,
         name=name,
     )
+
+
+def two_passes_mergeable(stats: Any) -> bool:
+    """Whether every statistic is a BatchNorm running average (see merge_two_pass_stats); spectral norm's are not."""
+    paths = [tuple(getattr(k, "key", k) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(stats)[0]]
+    return all(len(p) >= 2 and p[-1] in ("mean", "var") and str(p[-2]).startswith("BatchNorm") for p in paths)
+
+
+def merge_two_pass_stats(before: Any, stacked: Any) -> Any:
+    """Statistics after two training passes in a row, from the same two passes run side by side under vmap.
+
+    `stacked` holds each pass's updates, both made from `before`. BatchNorm's
+    running averages update as s' = m s + (1 - m) u, so the second of two passes
+    in a row gives b + m (a - s) for side-by-side results a, b. Only for
+    statistics that `two_passes_mergeable` accepts.
+    """
+    return jax.tree.map(lambda s, pair: pair[1] + BN_MOMENTUM * (pair[0] - s), before, stacked)
 
 
 class ConditionalBatchNorm(nn.Module):

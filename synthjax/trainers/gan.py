@@ -53,7 +53,7 @@ from synthjax import parallel
 from synthjax.augment import diff_augment, parse_policy
 from synthjax.data.pipeline import Preprocess
 from synthjax.errors import UserError
-from synthjax.models.gan import build_gan
+from synthjax.models.gan import build_gan, merge_two_pass_stats, two_passes_mergeable
 from synthjax.objectives.gan import get_loss
 from synthjax.objectives.penalties import get_penalty
 from synthjax.trainers.base import Metrics, Trainer, adam, register, require
@@ -107,6 +107,7 @@ class GANTrainer(Trainer):
         self.augment = parse_policy(obj.get("diffaugment", ""))
         self.n_critic = obj.get("n_critic", 1)
         self.clip = obj.get("clip", 0.0)
+        self.joint_pass = bool(m.get("d_joint_pass", False))
         require(isinstance(self.n_critic, int) and self.n_critic >= 1, f"objective.n_critic must be an integer >= 1, got {self.n_critic!r}")
         require(self.clip >= 0, f"objective.clip must be >= 0 (0: no weight clipping), got {self.clip}")
         require(obj.get("penalty_weight", 0.0) >= 0, f"objective.penalty_weight must be >= 0, got {obj.get('penalty_weight')}")
@@ -165,6 +166,24 @@ class GANTrainer(Trainer):
         )
         return logits, updates.get("batch_stats", {})
 
+    def _discriminate_both(self, d_params, d_stats, real, fake, y):
+        """(real logits, fake logits, statistics after both passes): two passes in a row, as in the papers.
+
+        With `model.d_joint_pass` the two passes run side by side under vmap, so
+        every convolution sees both batches at once (one larger GEMM, half the
+        kernel launches), while BatchNorm still normalises each batch by its own
+        statistics; the running statistics are merged to what two passes in a
+        row give. Discriminators whose statistics cannot be merged that way
+        (spectral norm) keep the two passes.
+        """
+        if self.joint_pass and two_passes_mergeable(d_stats):
+            both = jnp.stack([real, fake.astype(real.dtype)])
+            logits, stacked = jax.vmap(lambda x: self._discriminate(d_params, d_stats, x, y))(both)
+            return logits[0], logits[1], merge_two_pass_stats(d_stats, stacked)
+        real_logits, stats = self._discriminate(d_params, d_stats, real, y)
+        fake_logits, stats = self._discriminate(d_params, stats, fake, y)
+        return real_logits, fake_logits, stats
+
     def _augment(self, x, key):
         return diff_augment(x, key, self.augment, parallel.uniform) if self.augment else x
 
@@ -191,8 +210,7 @@ class GANTrainer(Trainer):
         def objective(d_params):
             real_in = self._augment(real, real_key)
             fake_in = self._augment(jax.lax.stop_gradient(fake), fake_key)
-            real_logits, stats = self._discriminate(d_params, critic.stats, real_in, y)
-            fake_logits, stats = self._discriminate(d_params, stats, fake_in, y)
+            real_logits, fake_logits, stats = self._discriminate_both(d_params, critic.stats, real_in, fake_in, y)
             loss = self.loss.d(real_logits, fake_logits)
             aux = {"real_logits": real_logits, "fake_logits": fake_logits}
             if self.penalty is not None:

@@ -1,0 +1,184 @@
+"""Where a train step's time goes on the GPU, and which variants of it are faster: one process, one short slot.
+
+    python benchmarks/gpu_profile.py --workload dcgan64 --batch-size 256 --dtype bfloat16 \
+        --variant base: --variant joint:model.d_joint_pass=true --profile base --out $OUT/prof.json
+
+Each `--variant NAME:KEY=VALUE;KEY=VALUE` is a set of config overrides (empty: the defaults). All
+variants are compiled first, then timed in alternating rounds; the table gives each variant's median
+step time and its median per-round ratio to the first variant. Variants named in `--profile` are
+then traced with `jax.profiler` for a few steps and the trace is summed here (no TensorBoard needed):
+GPU busy time per step against the step's wall time (the difference is time the GPU waits for the
+host, i.e. kernel launches), kernel count per step, and the kernels and XLA ops that take longest.
+`--hlo-dir` writes each profiled variant's optimised HLO, to map op names to the model.
+
+XLA flags are per process: run this once per XLA_FLAGS setting and give each run a `--tag`.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from synthjax import bench  # noqa: E402
+
+
+def parse_variant(spec: str) -> tuple[str, list[str]]:
+    name, _, overrides = spec.partition(":")
+    return name, [o for o in overrides.split(";") if o]
+
+
+def _union_ns(intervals: list[tuple[int, int]]) -> int:
+    busy, end = 0, -1
+    for start, stop in sorted(intervals):
+        if stop <= end:
+            continue
+        busy += stop - max(start, end)
+        end = stop
+    return busy
+
+
+def summarise_trace(xspace_path: str, steps: int, top: int) -> dict:
+    """Per-step GPU busy time, kernel count and the longest kernels / XLA ops from one trace file."""
+    from jax._src.lib import _profile_data
+
+    data = _profile_data.ProfileData.from_file(xspace_path)
+    out = {"lines": {}, "kernels": [], "xla_ops": []}
+    kernels = collections.defaultdict(lambda: [0, 0])
+    ops = collections.defaultdict(lambda: [0, 0])
+    intervals = []
+    for plane in data.planes:
+        if not plane.name.startswith("/device:GPU"):
+            continue
+        for line in plane.lines:
+            events = list(line.events)
+            total = sum(e.duration_ns for e in events)
+            out["lines"][f"{plane.name} {line.name}"] = {"ms_per_step": total / 1e6 / steps, "events_per_step": len(events) / steps}
+            is_stream = line.name.startswith("Stream")
+            target = kernels if is_stream else ops if line.name == "XLA Ops" else None
+            if target is None:
+                continue
+            for e in events:
+                target[e.name][0] += e.duration_ns
+                target[e.name][1] += 1
+                if is_stream:
+                    intervals.append((int(e.start_ns), int(e.start_ns + e.duration_ns)))
+    out["gpu_busy_ms_per_step"] = _union_ns(intervals) / 1e6 / steps
+    out["kernels_per_step"] = sum(c for _, c in kernels.values()) / steps
+    for key, table in (("kernels", kernels), ("xla_ops", ops)):
+        ranked = sorted(table.items(), key=lambda kv: -kv[1][0])[:top]
+        out[key] = [{"name": n[:120], "ms_per_step": t / 1e6 / steps, "calls_per_step": c / steps} for n, (t, c) in ranked]
+    return out
+
+
+def profile(p, steps: int, top: int) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        p.time(2)
+        t0 = time.perf_counter()
+        with jax.profiler.trace(d):
+            p.time(steps)
+        wall = (time.perf_counter() - t0) / steps
+        files = glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)
+        if not files:
+            return {"error": "no trace file written"}
+        summary = summarise_trace(files[0], steps, top)
+    summary["traced_wall_ms_per_step"] = 1000 * wall
+    return summary
+
+
+def print_profile(name: str, s: dict) -> None:
+    print(f"\n## profile {name}: GPU busy {s['gpu_busy_ms_per_step']:.3f} ms/step, "
+          f"{s['kernels_per_step']:.0f} kernels/step, traced wall {s['traced_wall_ms_per_step']:.3f} ms/step")
+    for line, v in s["lines"].items():
+        print(f"  line {line}: {v['ms_per_step']:.3f} ms, {v['events_per_step']:.0f} events")
+    for key in ("kernels", "xla_ops"):
+        print(f"  top {key}:")
+        for row in s[key]:
+            print(f"    {row['ms_per_step']:8.4f} ms  x{row['calls_per_step']:<5.1f} {row['name']}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workload", default="dcgan64")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE;KEY=VALUE (repeatable)")
+    ap.add_argument("--profile", default="", help="comma-separated variant names to trace")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--round-s", type=float, default=0.4, help="seconds per variant per round")
+    ap.add_argument("--trace-steps", type=int, default=10)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--tag", default="", help="names this process's XLA_FLAGS setting in the output")
+    ap.add_argument("--out", default="")
+    ap.add_argument("--hlo-dir", default="")
+    args = ap.parse_args(argv)
+    variants = dict(parse_variant(v) for v in (args.variant or ["base:"]))
+
+    prepared, failed = {}, {}
+    for name, overrides in variants.items():
+        try:
+            prepared[name] = bench.prepare(args.workload, args.batch_size, args.dtype, overrides)
+            prepared[name].time(3)
+        except Exception as e:  # a variant that does not compile is a result, not the end of the run
+            failed[name] = f"{type(e).__name__}: {e}"[:300]
+            print(f"variant {name} failed: {failed[name]}", file=sys.stderr)
+    if not prepared:
+        raise SystemExit("no variant compiled")
+    probe = {n: p.time(3)[0] / 3 for n, p in prepared.items()}
+    steps = {n: max(3, int(args.round_s / max(t, 1e-5))) for n, t in probe.items()}
+    per_step = {n: [] for n in prepared}
+    for _ in range(args.rounds):
+        for n, p in prepared.items():
+            per_step[n].append(p.time(steps[n])[0] / steps[n])
+    first = next(iter(prepared))
+    rows = []
+    for n in prepared:
+        ratios = [a / b for a, b in zip(per_step[first], per_step[n])]
+        ms = 1000 * statistics.median(per_step[n])
+        rows.append({"variant": n, "overrides": variants[n], "step_ms": ms, "images_per_sec": args.batch_size / ms * 1000,
+                     "speedup_vs_first": statistics.median(ratios), "compile_s": prepared[n].compile_s,
+                     "rounds_ms": [1000 * t for t in per_step[n]]})
+
+    profiles = {}
+    for n in filter(None, args.profile.split(",")):
+        if n in prepared:
+            profiles[n] = profile(prepared[n], args.trace_steps, args.top)
+            if args.hlo_dir:
+                path = os.path.join(args.hlo_dir, f"hlo_{args.tag or 'default'}_{n}.txt")
+                with open(path, "w") as f:
+                    f.write(prepared[n].compiled.as_text())
+
+    record = {"workload": args.workload, "batch_size": args.batch_size, "dtype": args.dtype, "tag": args.tag,
+              "xla_flags": os.environ.get("XLA_FLAGS", ""), "device": bench.device_name(), "jax": jax.__version__,
+              "variants": rows, "failed": failed, "profiles": profiles}
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    for n, s in profiles.items():
+        if "error" not in s:
+            print_profile(n, s)
+    title = f"{args.workload} b{args.batch_size} {args.dtype} [{args.tag or 'default flags'}] on {bench.device_name()}"
+    print(f"\n## {title}\n| variant | step ms | img/s | TFLOP/s* | speed-up vs {first} | compile s |")
+    flops = bench_flops(args.workload)
+    for r in rows:
+        tf = f"{flops * r['images_per_sec'] / 1e12:.0f}" if flops else "-"
+        print(f"| {r['variant']} | {r['step_ms']:.3f} | {r['images_per_sec']:,.0f} | {tf} | {r['speedup_vs_first']:.3f} | {r['compile_s']:.1f} |")
+    for n, e in failed.items():
+        print(f"| {n} | failed: {e[:100]} |")
+
+
+def bench_flops(workload: str) -> float:
+    """Model FLOPs per image of a train step, from the benchmark spec (0 where it gives none)."""
+    return {"dcgan28": 0.280e9, "dcgan64": 2.482e9, "vae_mlp": 0.00328e9}.get(workload, 0.0)
+
+
+if __name__ == "__main__":
+    main()
