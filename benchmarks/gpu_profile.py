@@ -46,7 +46,7 @@ def _union_ns(intervals: list[tuple[int, int]]) -> int:
     return busy
 
 
-def summarise_trace(xspace_path: str, steps: int, top: int) -> dict:
+def summarise_trace(xspace_path: str, steps: int) -> dict:
     """Per-step GPU busy time, kernel count and the longest kernels / XLA ops from one trace file."""
     from jax._src.lib import _profile_data
 
@@ -72,14 +72,29 @@ def summarise_trace(xspace_path: str, steps: int, top: int) -> dict:
                 if is_stream:
                     intervals.append((int(e.start_ns), int(e.start_ns + e.duration_ns)))
     out["gpu_busy_ms_per_step"] = _union_ns(intervals) / 1e6 / steps
+    by_kind = collections.Counter()
+    for name, (t, _) in kernels.items():
+        by_kind[kernel_kind(name)] += t / 1e6 / steps
+    out["ms_per_step_by_kind"] = dict(by_kind.most_common())
     out["kernels_per_step"] = sum(c for _, c in kernels.values()) / steps
     for key, table in (("kernels", kernels), ("xla_ops", ops)):
-        ranked = sorted(table.items(), key=lambda kv: -kv[1][0])[:top]
+        ranked = sorted(table.items(), key=lambda kv: -kv[1][0])
         out[key] = [{"name": n[:120], "ms_per_step": t / 1e6 / steps, "calls_per_step": c / steps} for n, (t, c) in ranked]
     return out
 
 
-def profile(p, steps: int, top: int) -> dict:
+def kernel_kind(name: str) -> str:
+    """A coarse class of a GPU kernel, from its name (cuDNN, cuBLAS and XLA's fusion naming)."""
+    for kind, marks in (("convolution (cuDNN)", ("fprop", "dgrad", "wgrad", "conv")),
+                        ("GEMM", ("nvjet", "gemm", "cutlass", "cublas")),
+                        ("transpose/copy", ("transpose", "copy", "memcpy", "memset")),
+                        ("reduction fusion", ("reduce",))):
+        if any(m in name.lower() for m in marks):
+            return kind
+    return "other fusion"
+
+
+def profile(p, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         p.time(2)
         t0 = time.perf_counter()
@@ -89,19 +104,21 @@ def profile(p, steps: int, top: int) -> dict:
         files = glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)
         if not files:
             return {"error": "no trace file written"}
-        summary = summarise_trace(files[0], steps, top)
+        summary = summarise_trace(files[0], steps)
     summary["traced_wall_ms_per_step"] = 1000 * wall
     return summary
 
 
-def print_profile(name: str, s: dict) -> None:
+def print_profile(name: str, s: dict, top: int) -> None:
     print(f"\n## profile {name}: GPU busy {s['gpu_busy_ms_per_step']:.3f} ms/step, "
           f"{s['kernels_per_step']:.0f} kernels/step, traced wall {s['traced_wall_ms_per_step']:.3f} ms/step")
+    for kind, ms in s.get("ms_per_step_by_kind", {}).items():
+        print(f"  {kind}: {ms:.3f} ms")
     for line, v in s["lines"].items():
         print(f"  line {line}: {v['ms_per_step']:.3f} ms, {v['events_per_step']:.0f} events")
     for key in ("kernels", "xla_ops"):
         print(f"  top {key}:")
-        for row in s[key]:
+        for row in s[key][:top]:
             print(f"    {row['ms_per_step']:8.4f} ms  x{row['calls_per_step']:<5.1f} {row['name']}")
 
 
@@ -111,14 +128,15 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE;KEY=VALUE (repeatable)")
-    ap.add_argument("--profile", default="", help="comma-separated variant names to trace")
+    ap.add_argument("--profile", default="", help="comma-separated variant names to trace ('best': the fastest)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--round-s", type=float, default=0.4, help="seconds per variant per round")
     ap.add_argument("--trace-steps", type=int, default=10)
-    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--top", type=int, default=30, help="kernels and ops printed (the JSON keeps them all)")
     ap.add_argument("--tag", default="", help="names this process's XLA_FLAGS setting in the output")
     ap.add_argument("--out", default="")
     ap.add_argument("--hlo-dir", default="")
+    ap.add_argument("--peer", default="", help="path to torch_peer.py: time its eager step (and bf16 autocast) in the rounds too")
     args = ap.parse_args(argv)
     variants = dict(parse_variant(v) for v in (args.variant or ["base:"]))
 
@@ -132,25 +150,31 @@ def main(argv=None) -> None:
             print(f"variant {name} failed: {failed[name]}", file=sys.stderr)
     if not prepared:
         raise SystemExit("no variant compiled")
+    ours = list(prepared)
+    prepared.update(peer_runners(args.peer, args.workload, args.batch_size, args.dtype))
     probe = {n: p.time(3)[0] / 3 for n, p in prepared.items()}
     steps = {n: max(3, int(args.round_s / max(t, 1e-5))) for n, t in probe.items()}
     per_step = {n: [] for n in prepared}
     for _ in range(args.rounds):
         for n, p in prepared.items():
             per_step[n].append(p.time(steps[n])[0] / steps[n])
-    first = next(iter(prepared))
+    first = ours[0]
+    peers = [n for n in prepared if n not in ours]
+    peer_best = [min(per_step[p][i] for p in peers) for i in range(args.rounds)] if peers else None
     rows = []
     for n in prepared:
         ratios = [a / b for a, b in zip(per_step[first], per_step[n])]
         ms = 1000 * statistics.median(per_step[n])
-        rows.append({"variant": n, "overrides": variants[n], "step_ms": ms, "images_per_sec": args.batch_size / ms * 1000,
-                     "speedup_vs_first": statistics.median(ratios), "compile_s": prepared[n].compile_s,
-                     "rounds_ms": [1000 * t for t in per_step[n]]})
+        rows.append({"variant": n, "overrides": variants.get(n, []), "step_ms": ms,
+                     "images_per_sec": args.batch_size / ms * 1000, "speedup_vs_first": statistics.median(ratios),
+                     "vs_peer_best": statistics.median([b / a for a, b in zip(per_step[n], peer_best)]) if peers else None,
+                     "compile_s": prepared[n].compile_s, "rounds_ms": [1000 * t for t in per_step[n]]})
 
     profiles = {}
-    for n in filter(None, args.profile.split(",")):
-        if n in prepared:
-            profiles[n] = profile(prepared[n], args.trace_steps, args.top)
+    fastest = min(ours, key=lambda n: statistics.median(per_step[n]))
+    for n in dict.fromkeys(fastest if n == "best" else n for n in filter(None, args.profile.split(","))):
+        if n in ours:
+            profiles[n] = profile(prepared[n], args.trace_steps)
             if args.hlo_dir:
                 path = os.path.join(args.hlo_dir, f"hlo_{args.tag or 'default'}_{n}.txt")
                 with open(path, "w") as f:
@@ -164,15 +188,32 @@ def main(argv=None) -> None:
             f.write(json.dumps(record) + "\n")
     for n, s in profiles.items():
         if "error" not in s:
-            print_profile(n, s)
+            print_profile(n, s, args.top)
     title = f"{args.workload} b{args.batch_size} {args.dtype} [{args.tag or 'default flags'}] on {bench.device_name()}"
-    print(f"\n## {title}\n| variant | step ms | img/s | TFLOP/s* | speed-up vs {first} | compile s |")
+    print(f"\n## {title}\n| variant | step ms | img/s | TFLOP/s* | speed-up vs {first} | vs PyTorch best | compile s |")
     flops = bench_flops(args.workload)
     for r in rows:
         tf = f"{flops * r['images_per_sec'] / 1e12:.0f}" if flops else "-"
-        print(f"| {r['variant']} | {r['step_ms']:.3f} | {r['images_per_sec']:,.0f} | {tf} | {r['speedup_vs_first']:.3f} | {r['compile_s']:.1f} |")
+        vs = f"{r['vs_peer_best']:.2f}x" if r["vs_peer_best"] else "-"
+        print(f"| {r['variant']} | {r['step_ms']:.3f} | {r['images_per_sec']:,.0f} | {tf} | {r['speedup_vs_first']:.3f} | {vs} | "
+              f"{r['compile_s']:.1f} |")
     for n, e in failed.items():
         print(f"| {n} | failed: {e[:100]} |")
+
+
+def peer_runners(path: str, workload: str, batch: int, dtype: str) -> dict:
+    """The PyTorch peer's eager step (and bf16 autocast for bfloat16), as gpu_suite.py builds them; {} without it."""
+    if not path:
+        return {}
+    import gpu_suite  # benchmarks/ is on the path when this file runs as a script
+
+    peer = gpu_suite.load_peer(path)
+    if peer is None:
+        print(f"no PyTorch peer: {path} missing or torch not importable", file=sys.stderr)
+        return {}
+    kinds = [("eager", False)] + ([("amp", True)] if dtype == "bfloat16" else [])
+    device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+    return {f"torch:{label}": gpu_suite.PeerStep(peer, workload, batch, device, amp, False) for label, amp in kinds}
 
 
 def bench_flops(workload: str) -> float:

@@ -51,7 +51,8 @@ from synthjax.kernels import onednn
 Array = jax.Array
 Initializer = Callable[..., Array]
 
-UP_IMPLS = ("auto", "native", "gemm_vjp", "conv_vjp", "subpixel", "onednn", "phase_matmul", "phase_conv", "im2col3x3")
+UP_IMPLS = ("auto", "native", "gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im", "onednn", "phase_matmul",
+            "phase_conv", "im2col3x3")
 DOWN_IMPLS = ("auto", "native", "gemm_vjp", "onednn", "s2d_conv", "s2d_matmul")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 _K4S2P1 = ((1, 1), (1, 1))  # the padding of Conv2d(k=4, s=2, p=1)
@@ -333,6 +334,55 @@ def _up_subpixel_fwd(x: Array, kernel: Array, precision: Any) -> tuple[Array, tu
 up_subpixel.defvjp(_up_subpixel_fwd, _up_conv_vjp_bwd)
 
 
+def up_dgrad_forward(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """`up_native`, written so that XLA:GPU hands it to cuDNN's backward-data (dgrad) convolution.
+
+    XLA's GPU compiler runs a transposed convolution as a backward-data
+    convolution only when its kernel is a `reverse`; Flax's (and `up_native`'s)
+    kernel is not one, so XLA zero-dilates the input in memory and runs a
+    stride-1 convolution over it: four times the multiply-adds, three quarters
+    of them on zeros, plus the dilated copy. Reversing the kernel twice, with
+    an optimisation barrier between so the two cannot cancel, computes the
+    same function in the form the compiler matches. On the CPU it is the
+    native transposed convolution.
+    """
+    flipped = jax.lax.optimization_barrier(jnp.flip(kernel, (0, 1)))
+    return jax.lax.conv_general_dilated(x, jnp.flip(flipped, (0, 1)), (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
+                                        dimension_numbers=_NHWC, precision=precision)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def up_dgrad(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """`up_dgrad_forward`, differentiated as `up_conv_vjp` is (a strided forward convolution for the input
+    gradient, its kernel gradient for the kernel's): every pass is one cuDNN convolution on exact FLOPs."""
+    return up_dgrad_forward(x, kernel, precision)
+
+
+def _up_dgrad_fwd(x: Array, kernel: Array, precision: Any) -> tuple[Array, tuple[Array, Array]]:
+    return up_dgrad_forward(x, kernel, precision), (x, kernel)
+
+
+up_dgrad.defvjp(_up_dgrad_fwd, _up_conv_vjp_bwd)
+
+
+def up_gemm_col2im(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """One GEMM from each input pixel to its 16 taps' contributions, then each output pixel sums its four.
+
+    `p = x @ w` as (B, H, W, 4, 4, Cout); output phase (a, b) at (m, n) is
+    `sum_{t,u} p[m + a + t - 1, n + b + u - 1, 2t + a, 2u + b]` (the module
+    docstring's sub-pixel view with the GEMM first). Exact FLOPs in one GEMM
+    of width 16*Cout, which suits narrow image layers (64 -> 3: width 48),
+    where convolution kernels tile the 3 output channels badly. Plain autodiff.
+    """
+    b, h, w, cin = x.shape
+    cout = kernel.shape[-1]
+    taps = _matmul(x.reshape(-1, cin), kernel.transpose(2, 0, 1, 3).reshape(cin, 16 * cout), precision)
+    taps = jnp.pad(taps.reshape(b, h, w, 4, 4, cout), ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
+    phases = [sum(taps[:, a + t:a + t + h, c + u:c + u + w, 2 * t + a, 2 * u + c] for t in (0, 1) for u in (0, 1))
+              for a in (0, 1) for c in (0, 1)]
+    return _interleave_phases(phases)
+
+
 def _phase_kernel(kernel: Array, a: int, b: int) -> Array:
     """Taps used by output phase (a, b): `(2, 2, Cin, Cout)`, [t, u] = w[2t+a, 2u+b]."""
     return kernel[a::2, b::2]
@@ -399,6 +449,8 @@ _UP_FNS = {
     "gemm_vjp": up_gemm_vjp,
     "conv_vjp": up_conv_vjp,
     "subpixel": up_subpixel,
+    "dgrad": up_dgrad,
+    "gemm_col2im": up_gemm_col2im,
     "onednn": up_onednn,
     "phase_matmul": up_phase_matmul,
     "phase_conv": up_phase_conv,
