@@ -53,7 +53,7 @@ LAYER_CASES = [
     ("dcgan64.down", "down", 256, 32, 64, 128, ("bfloat16", "float32")),
     ("dcgan28.down", "down", 1024, 14, 64, 128, ("float32",)),
 ]
-UP_CANDIDATES = ("native", "phase_conv", "im2col3x3", "phase_matmul", "gemm_vjp", "conv_vjp", "subpixel")
+UP_CANDIDATES = ("native", "phase_conv", "im2col3x3", "phase_matmul", "gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im")
 DOWN_CANDIDATES = ("native", "s2d_conv", "s2d_matmul", "gemm_vjp")
 
 # (workload, batch, dtype) in order of importance; the peer runs the reference workloads.

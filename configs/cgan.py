@@ -31,6 +31,7 @@ def get_config(arg=None):
     c.model.ema_decay = 0.999
     c.model.d_norm = "spectral"
     c.model.conditional = True
+    c.model.d_joint_pass = "auto"  # real and fake discriminator passes batched on GPU (configs/dcgan.py)
     c.objective.loss = "hinge"
     c.objective.penalty = ""
     c.objective.penalty_weight = 10.0

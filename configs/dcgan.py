@@ -35,9 +35,10 @@ def get_config(arg=None):
     # Images per convolution call; 0: the backend's default (32 on CPU, where XLA's convolutions are
     # faster on small batches; the whole batch on GPU/TPU). Any value computes the same function.
     c.model.conv_batch_chunk = 0
-    # True: the discriminator's real and fake passes run as one batched (vmapped) pass, BatchNorm still per
-    # batch; the same function, fewer and larger kernels (synthjax/trainers/gan.py: _discriminate_both).
-    c.model.d_joint_pass = False
+    # 'on': the discriminator's real and fake passes run as one batched (vmapped) pass, BatchNorm still per
+    # batch; the same function in fewer, larger kernels. 'auto': on where measured faster (GPU), else
+    # 'off' (synthjax/trainers/gan.py: JOINT_PASS).
+    c.model.d_joint_pass = "auto"
     c.objective.loss = "ns"
     c.objective.penalty = ""  # '', wgan_gp, r1 or dragan (synthjax/objectives/penalties.py)
     c.objective.penalty_weight = 10.0

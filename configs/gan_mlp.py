@@ -23,6 +23,7 @@ def get_config(arg=None):
     c.model.ema_decay = 0.999
     c.model.d_norm = ""  # '': none (the paper); 'spectral'
     c.model.conditional = False
+    c.model.d_joint_pass = "auto"  # real and fake discriminator passes batched on GPU (configs/dcgan.py)
     c.objective.loss = "minimax"
     c.objective.penalty = ""  # '', wgan_gp, r1 or dragan (synthjax/objectives/penalties.py)
     c.objective.penalty_weight = 10.0

@@ -35,6 +35,7 @@ def get_config(arg=None):
     c.model.ema_decay = 0.999
     c.model.d_norm = "none"
     c.model.conditional = False
+    c.model.d_joint_pass = "auto"  # real and fake discriminator passes batched on GPU (configs/dcgan.py)
     c.objective.loss = "wasserstein"
     c.objective.penalty = "wgan_gp"
     c.objective.penalty_weight = 10.0

@@ -19,7 +19,7 @@ from synthjax.models.gan import build_gan
 from synthjax.models.vq import ema_codebook_update
 from synthjax.objectives import penalties
 from synthjax.objectives.vae import iwae_bound
-from synthjax.parallel import DataParallel, make_mesh
+from synthjax.parallel import AXIS, DataParallel, make_mesh
 from synthjax.trainers import build_trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -232,3 +232,63 @@ def test_conditional_sngan_traces_on_mocked_cifar10():
     new_state, metrics = jax.eval_shape(dp.compile_step(trainer.train_step), state, batch, jax.random.key(1))
     assert jax.tree.map(lambda a: a.shape, new_state) == jax.tree.map(lambda a: a.shape, state)
     assert set(metrics) >= {"d_loss", "g_loss"} and batch["label"].shape == (20,)
+
+
+# ----------------------------------------------------------------------------- joint discriminator pass
+
+
+def test_merged_two_pass_statistics_equal_two_passes_in_a_row():
+    # BatchNorm's running averages after the real pass then the fake pass, against the vmapped pair merged.
+    from synthjax.models.gan import merge_two_pass_stats, two_passes_mergeable
+
+    _, disc = build_gan(load_config(os.path.join(REPO, "configs", "dcgan.py:smoke")).model, (28, 28, 1), jnp.float32)
+    real, fake = jax.random.normal(jax.random.key(0), (2, 8, 28, 28, 1))
+    variables = disc.init(jax.random.key(1), real, train=False)
+    params, stats = variables["params"], jax.tree.map(lambda s: s + 0.3, variables["batch_stats"])
+
+    def apply(x, s):
+        logits, upd = disc.apply({"params": params, "batch_stats": s}, x, train=True, mutable=["batch_stats"])
+        return logits, upd["batch_stats"]
+
+    def both_ways(real, fake):
+        real_logits, after_real = apply(real, stats)
+        fake_logits, in_a_row = apply(fake, after_real)
+        logits, stacked = jax.vmap(lambda x: apply(x, stats))(jnp.stack([real, fake]))
+        return real_logits, fake_logits, in_a_row, logits, merge_two_pass_stats(stats, stacked)
+
+    # BatchNorm averages over the data-parallel axis, bound here as in the train step (one member).
+    outs = jax.vmap(both_ways, axis_name=AXIS)(real[None], fake[None])
+    real_logits, fake_logits, in_a_row, logits, merged = jax.tree.map(lambda a: a[0], outs)
+    assert two_passes_mergeable(stats)
+    np.testing.assert_allclose(logits[0], real_logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits[1], fake_logits, rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), merged, in_a_row)
+    # Spectral norm's power-iteration vectors are not running averages: those discriminators keep two passes.
+    _, sn = build_gan(load_config(os.path.join(REPO, "configs", "dcgan.py:smoke"), ["model.d_norm=spectral"]).model,
+                      (28, 28, 1), jnp.float32)
+    assert not two_passes_mergeable(sn.init(jax.random.key(1), real, train=False)["batch_stats"])
+
+
+@pytest.mark.parametrize("config_name, extra", [("dcgan.py:smoke", []), ("wgan_gp.py:smoke", [])])
+def test_joint_discriminator_pass_trains_as_two_passes_do(config_name, extra):
+    # The same two steps with the passes batched and in a row: equal up to float32 rounding.
+    runs = {}
+    for joint in ("on", "off"):
+        trainer, dp, batches, state = setup(config_name, [*extra, f"model.d_joint_pass={joint}"], ONE)
+        assert trainer.joint_pass == (joint == "on")
+        runs[joint] = run_steps(trainer, dp, batches, state, 2)
+    (on_state, on_hist), (off_state, off_hist) = runs["on"], runs["off"]
+    for a, b in zip(on_hist, off_hist):
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=2e-5, err_msg=k)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
+                 (on_state.d_params, on_state.d_stats, on_state.g_params), (off_state.d_params, off_state.d_stats, off_state.g_params))
+
+
+def test_joint_pass_setting_resolves_by_backend_and_names_bad_values():
+    from synthjax.trainers.gan import resolve_joint_pass
+
+    assert resolve_joint_pass("auto", "gpu") and not resolve_joint_pass("auto", "cpu") and not resolve_joint_pass("auto", "tpu")
+    assert resolve_joint_pass("on", "cpu") and not resolve_joint_pass(False, "gpu")
+    with pytest.raises(UserError, match="d_joint_pass='sometimes'"):
+        resolve_joint_pass("sometimes")

@@ -9,11 +9,12 @@ replace XLA's derivatives of the transposed conv: `gemm_vjp` (native
 forward) by one im2col gather and two GEMMs, `conv_vjp` (native forward)
 and `subpixel` (forward as one stride-1 conv to the four output phases) by
 the forward and the kernel gradient of the stride-2 conv the layer is the
-transpose of. `impl="auto"` picks, from measurements: on CPU `subpixel` for
-wide layers and `gemm_vjp` for narrow (image) ones; on GPU `gemm_vjp`
-(faster on an H100 for every DCGAN up-convolution, most of all the narrow
-image layer; `conv_vjp` and `subpixel` not measured there yet); on TPU,
-where nothing was measured, the native convolutions. The other impls are
+transpose of. `impl="auto"` picks, from measurements: on CPU `subpixel` (or
+oneDNN's kernels) for wide layers and `gemm_vjp` for narrow (image) ones; on
+GPU `dgrad` (the transposed conv in the form XLA hands to cuDNN's
+backward-data kernels) for wide layers and `gemm_col2im` (one GEMM, then
+each output pixel sums its four taps) for image layers; on TPU, where
+nothing was measured, the native convolutions. The other impls are
 exact alternatives kept for comparison and forward-mode autodiff.
 Every impl can run on chunks of the batch (`batch_chunk`): on CPU, by
 default, 32 images per call, where XLA's convolutions are faster.
@@ -470,6 +471,9 @@ _UP_FNS = {
 # image layers (128->1 16.2 vs 11.9 ms, 1->64 9.9 vs 8.6; benchmarks/RESULTS.md, sixth session);
 # widths between 1 and 64 were not measured with it.
 CPU_SUBPIXEL_MIN_FEATURES = 8
+# On GPU, `impl="auto"` uses `gemm_col2im` below this many output channels (measured: 1 and 3, the
+# DCGAN image layers), `dgrad` from it up (measured: 64-256).
+GPU_COL2IM_BELOW_FEATURES = 8
 
 
 def _onednn_fits(backend: str, dtype: Any) -> bool:
@@ -486,11 +490,13 @@ def resolve_up_impl(impl: str, backend: str | None = None, features: int | None 
     (256->128 forward + backward 113 vs 131 ms for `subpixel`), else
     `subpixel`; `gemm_vjp` for narrower ones (image layers: 12 vs 16 ms for
     oneDNN on 128->1).
-    GPU: `gemm_vjp`, the fastest timed for every DCGAN up-convolution on an
-    H100 (gpu_suite.py): 28x Flax's own for 128->1 at batch 1024 (0.13 vs
-    3.66 ms), 35x for 64->3 in float32, 2x for 256->128, 1.05-4x for 128->64.
-    On the CPU `gemm_vjp` was 22x Flax's own for 256->128 and 3x for 128->1
-    (benchmarks/layers_cpu.py) before `subpixel` beat it on wide layers.
+    GPU: `dgrad` for wide layers and `gemm_col2im` below
+    `GPU_COL2IM_BELOW_FEATURES` output channels (image layers). Both do the
+    exact FLOPs where Flax's transposed convolution makes XLA:GPU convolve a
+    zero-dilated copy of the input (4x the FLOPs). Whole train steps on an H100
+    against the previous choice (`gemm_vjp` everywhere; benchmarks/gpu_profile.py,
+    with the joint discriminator pass in both): dcgan64 b256 bf16 3.18 vs 3.94
+    ms, dcgan28 b1024 2.94 vs 4.85 ms, dcgan28 b128 0.74 vs 0.92 ms.
     TPU: not measured, so the compiler's own.
     """
     if impl not in UP_IMPLS:
@@ -498,11 +504,14 @@ def resolve_up_impl(impl: str, backend: str | None = None, features: int | None 
     if impl != "auto":
         return impl
     backend = backend or jax.default_backend()
+    narrow = features is not None and features < (CPU_SUBPIXEL_MIN_FEATURES if backend == "cpu" else GPU_COL2IM_BELOW_FEATURES)
     if backend == "cpu":
-        if features is not None and features < CPU_SUBPIXEL_MIN_FEATURES:
+        if narrow:
             return "gemm_vjp"
         return "onednn" if _onednn_fits(backend, dtype) else "subpixel"
-    return "gemm_vjp" if backend == "gpu" else "native"
+    if backend == "gpu":
+        return "gemm_col2im" if narrow else "dgrad"
+    return "native"
 
 
 def _chunk_for(impl: str, batch_chunk: int) -> int | None:

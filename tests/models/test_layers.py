@@ -16,8 +16,8 @@ from synthjax.models import layers
 ONEDNN = ["onednn"] if onednn.available() else []
 UP_ALL = [impl for impl in layers.UP_IMPLS if impl != "onednn" or ONEDNN]
 UP_CASES = [((3, 7, 7, 5, 4, True), UP_ALL),
-            ((2, 14, 14, 3, 1, True), ["auto", "native", "gemm_vjp", "conv_vjp", "subpixel", *ONEDNN]),
-            ((3, 5, 6, 4, 2, False), ["auto", "native", "gemm_vjp", "conv_vjp", "subpixel", *ONEDNN])]
+            ((2, 14, 14, 3, 1, True), ["auto", "native", "gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im", *ONEDNN]),
+            ((3, 5, 6, 4, 2, False), ["auto", "native", "gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im", *ONEDNN])]
 DOWN_ALL = [impl for impl in layers.DOWN_IMPLS if impl != "onednn" or ONEDNN]
 DOWN_CASES = [((3, 14, 14, 3, 4, True), DOWN_ALL),
               ((2, 28, 28, 1, 5, True), ["auto", "native", "gemm_vjp", *ONEDNN]),
@@ -100,10 +100,11 @@ def test_down_matches_flax_conv(shape: tuple, impls: list) -> None:
     (layers.up_gemm_vjp, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2)),
     (layers.up_conv_vjp, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2)),
     (layers.up_subpixel, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2)),
+    (layers.up_dgrad, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2)),
     (layers.down_gemm_vjp, layers.down_native, (2, 7, 6, 3), (4, 4, 3, 2)),
     pytest.param(layers.up_onednn, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2), marks=needs_onednn),
     pytest.param(layers.down_onednn, layers.down_native, (2, 7, 6, 3), (4, 4, 3, 2), marks=needs_onednn),
-], ids=["up_gemm", "up_conv", "up_subpixel", "down_odd", "up_onednn", "down_onednn_odd"])
+], ids=["up_gemm", "up_conv", "up_subpixel", "up_dgrad", "down_odd", "up_onednn", "down_onednn_odd"])
 def test_custom_vjp_second_order_matches_native(fast, native, x_shape: tuple, k_shape: tuple) -> None:
     """Reverse-over-reverse through the custom backward, as gradient penalties (R1, WGAN-GP) need."""
     x, k = normal(x_shape, 4), normal(k_shape, 5)
@@ -147,8 +148,9 @@ def test_auto_impl_by_backend() -> None:
     assert layers.resolve_up_impl("auto", backend="cpu", features=8) == wide
     assert layers.resolve_up_impl("auto", backend="cpu", features=8, dtype=jnp.bfloat16) == "subpixel"
     assert layers.resolve_up_impl("auto", backend="cpu", features=3) == "gemm_vjp"  # image layers
-    assert layers.resolve_up_impl("auto", backend="gpu", features=256) == "gemm_vjp"
-    assert layers.resolve_up_impl("auto", backend="gpu") == "gemm_vjp"  # measured on an H100 (gpu_suite.py)
+    assert layers.resolve_up_impl("auto", backend="gpu", features=256) == "dgrad"  # measured on an H100 (gpu_profile.py)
+    assert layers.resolve_up_impl("auto", backend="gpu") == "dgrad"
+    assert layers.resolve_up_impl("auto", backend="gpu", features=3) == "gemm_col2im"  # image layers
     assert layers.resolve_up_impl("auto", backend="tpu") == "native"  # not measured: the compiler's own
     assert layers.resolve_down_impl("auto", backend="cpu") == ("onednn" if onednn.available() else "gemm_vjp")
     assert layers.resolve_down_impl("auto", backend="cpu", in_features=3) == "gemm_vjp"  # image layers
