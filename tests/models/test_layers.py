@@ -222,3 +222,16 @@ def test_down_matches_torch_conv2d() -> None:
     outs = jax.jit(lambda p, x: [layers.DownConv2x(5, impl=i).apply(p, x) for i in impls])(params, jnp.asarray(x))
     for impl, got in zip(impls, outs):
         np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=1e-5, err_msg=f"impl={impl}")
+
+
+def test_dgrad_keeps_the_reversed_kernel_the_gpu_compiler_matches() -> None:
+    """XLA:GPU runs a transposed conv on cuDNN's backward-data kernels only when its kernel is a
+    `reverse` (layers.up_dgrad_forward). Without the barrier the two flips cancel in XLA's
+    simplifier; this checks, on any backend, that a reverse survives optimisation."""
+    x, k = normal((2, 4, 4, 8), 8), normal((4, 4, 8, 3), 9)
+    compiled = jax.jit(layers.up_dgrad_forward).lower(x, k).compile().as_text()
+    assert " reverse(" in compiled
+    cancelled = jax.jit(lambda x, k: jax.lax.conv_general_dilated(
+        x, jnp.flip(jnp.flip(k, (0, 1)), (0, 1)), (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))).lower(x, k).compile().as_text()
+    assert " reverse(" not in cancelled  # what the barrier prevents
