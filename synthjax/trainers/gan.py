@@ -84,8 +84,9 @@ class Critic(flax.struct.PyTreeNode):
 # `model.d_joint_pass`: run the discriminator's real and fake passes as one batched pass (see
 # GANTrainer._discriminate_both). 'auto' turns it on where it was measured faster: on an H100, whole
 # dcgan steps 1.07x (dcgan64 b256 bf16), 1.03x (b256 f32), 1.08-1.5x (dcgan28 b128), 0.98-1.0x at
-# b1024 (benchmarks/gpu_profile.py, two runs). On the 2-core CPU it was slower (dcgan28 b32:
-# 0.84x; oneDNN's kernels run the two halves one after the other under vmap anyway); TPU: not measured.
+# b1024 (benchmarks/gpu_profile.py, two runs). On the 2-core CPU it was slower (dcgan28 step time
+# x1.09 at b128, x1.19 at b32; oneDNN's kernels run the two halves one after the other under vmap
+# anyway); TPU: not measured.
 JOINT_PASS = {"auto": None, "on": True, "off": False, "true": True, "false": False}
 
 
