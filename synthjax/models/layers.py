@@ -504,7 +504,8 @@ def resolve_up_impl(impl: str, backend: str | None = None, features: int | None 
     if impl != "auto":
         return impl
     backend = backend or jax.default_backend()
-    narrow = features is not None and features < (CPU_SUBPIXEL_MIN_FEATURES if backend == "cpu" else GPU_COL2IM_BELOW_FEATURES)
+    narrow_below = CPU_SUBPIXEL_MIN_FEATURES if backend == "cpu" else GPU_COL2IM_BELOW_FEATURES
+    narrow = features is not None and features < narrow_below
     if backend == "cpu":
         if narrow:
             return "gemm_vjp"
