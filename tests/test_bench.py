@@ -37,6 +37,34 @@ def test_gpu_suite_runs_end_to_end_on_cpu(tmp_path):
     assert "## Train steps" in proc.stdout
 
 
+def test_gpu_profile_times_variants_and_traces_the_fastest_on_cpu(tmp_path):
+    out, small = tmp_path / "profile.jsonl", "model.g_width=8;model.d_width=8"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_profile.py", "--workload", "dcgan28", "--batch-size", "8", "--dtype", "float32",
+         "--variant", f"two:{small};model.d_joint_pass=off", "--variant", f"joint:{small};model.d_joint_pass=on",
+         "--rounds", "2", "--round-s", "0.05", "--trace-steps", "2", "--profile", "best", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = {r["variant"]: r for r in record["variants"]}
+    assert set(rows) == {"two", "joint"} and rows["two"]["speedup_vs_first"] == 1.0
+    assert all(len(r["rounds_ms"]) == 2 and r["step_ms"] > 0 for r in rows.values())
+    fastest = min(rows, key=lambda n: rows[n]["step_ms"])
+    assert list(record["profiles"]) == [fastest] and record["profiles"][fastest]["traced_wall_ms_per_step"] > 0
+    assert "| joint |" in proc.stdout
+
+
+def test_gpu_profile_counts_overlapping_kernels_once():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import gpu_profile
+
+    assert gpu_profile._union_ns([(0, 10), (5, 20), (30, 40), (32, 35)]) == 30
+    assert gpu_profile.kernel_kind("sm90_xmma_dgrad_implicit_gemm_bf16") == "convolution (cuDNN)"
+    assert gpu_profile.kernel_kind("nvjet_sm90_tst_128x128") == "GEMM"
+    assert gpu_profile.kernel_kind("loop_transpose_fusion_4") == "transpose/copy"
+    assert gpu_profile.kernel_kind("input_multiply_reduce_fusion_1") == "reduction fusion"
+
+
 def test_compare_gives_the_peer_our_allocator_setting_and_takes_its_best_variant():
     """On CPU the peer also runs with synthjax's glibc setting, and per round its best variant counts."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
