@@ -5,11 +5,12 @@
 
 Each `--variant NAME:KEY=VALUE;KEY=VALUE` is a set of config overrides (empty: the defaults). All
 variants are compiled first, then timed in alternating rounds; the table gives each variant's median
-step time and its median per-round ratio to the first variant. Variants named in `--profile` are
-then traced with `jax.profiler` for a few steps and the trace is summed here (no TensorBoard needed):
-GPU busy time per step against the step's wall time (the difference is time the GPU waits for the
-host, i.e. kernel launches), kernel count per step, and the kernels and XLA ops that take longest.
-`--hlo-dir` writes each profiled variant's optimised HLO, to map op names to the model.
+step time and its median per-round ratio to the first variant (and to the PyTorch peer, with
+`--peer`). Variants named in `--profile` are then traced with `jax.profiler` for a few steps and the
+trace is summed here (no TensorBoard needed): GPU busy time per step (hold it against the untraced
+step time in the table: the difference is time the GPU waits for the host), kernels per step, time
+per kernel class and the longest kernels. XLA's fusions keep their HLO names as kernel names;
+`--hlo-dir` writes each profiled variant's optimised HLO to map them (and cuDNN calls) to the model.
 
 XLA flags are per process: run this once per XLA_FLAGS setting and give each run a `--tag`.
 """
@@ -47,13 +48,12 @@ def _union_ns(intervals: list[tuple[int, int]]) -> int:
 
 
 def summarise_trace(xspace_path: str, steps: int) -> dict:
-    """Per-step GPU busy time, kernel count and the longest kernels / XLA ops from one trace file."""
+    """Per-step GPU busy time, kernel count, time per kernel class and every kernel from one trace file."""
     from jax._src.lib import _profile_data
 
     data = _profile_data.ProfileData.from_file(xspace_path)
-    out = {"lines": {}, "kernels": [], "xla_ops": []}
+    out = {"lines": {}}
     kernels = collections.defaultdict(lambda: [0, 0])
-    ops = collections.defaultdict(lambda: [0, 0])
     intervals = []
     for plane in data.planes:
         if not plane.name.startswith("/device:GPU"):
@@ -62,24 +62,20 @@ def summarise_trace(xspace_path: str, steps: int) -> dict:
             events = list(line.events)
             total = sum(e.duration_ns for e in events)
             out["lines"][f"{plane.name} {line.name}"] = {"ms_per_step": total / 1e6 / steps, "events_per_step": len(events) / steps}
-            is_stream = line.name.startswith("Stream")
-            target = kernels if is_stream else ops if line.name == "XLA Ops" else None
-            if target is None:
+            if not line.name.startswith("Stream"):
                 continue
             for e in events:
-                target[e.name][0] += e.duration_ns
-                target[e.name][1] += 1
-                if is_stream:
-                    intervals.append((int(e.start_ns), int(e.start_ns + e.duration_ns)))
+                kernels[e.name][0] += e.duration_ns
+                kernels[e.name][1] += 1
+                intervals.append((int(e.start_ns), int(e.start_ns + e.duration_ns)))
     out["gpu_busy_ms_per_step"] = _union_ns(intervals) / 1e6 / steps
     by_kind = collections.Counter()
     for name, (t, _) in kernels.items():
         by_kind[kernel_kind(name)] += t / 1e6 / steps
     out["ms_per_step_by_kind"] = dict(by_kind.most_common())
     out["kernels_per_step"] = sum(c for _, c in kernels.values()) / steps
-    for key, table in (("kernels", kernels), ("xla_ops", ops)):
-        ranked = sorted(table.items(), key=lambda kv: -kv[1][0])
-        out[key] = [{"name": n[:120], "ms_per_step": t / 1e6 / steps, "calls_per_step": c / steps} for n, (t, c) in ranked]
+    ranked = sorted(kernels.items(), key=lambda kv: -kv[1][0])
+    out["kernels"] = [{"name": n[:120], "ms_per_step": t / 1e6 / steps, "calls_per_step": c / steps} for n, (t, c) in ranked]
     return out
 
 
@@ -116,10 +112,9 @@ def print_profile(name: str, s: dict, top: int) -> None:
         print(f"  {kind}: {ms:.3f} ms")
     for line, v in s["lines"].items():
         print(f"  line {line}: {v['ms_per_step']:.3f} ms, {v['events_per_step']:.0f} events")
-    for key in ("kernels", "xla_ops"):
-        print(f"  top {key}:")
-        for row in s[key][:top]:
-            print(f"    {row['ms_per_step']:8.4f} ms  x{row['calls_per_step']:<5.1f} {row['name']}")
+    print("  top kernels:")
+    for row in s["kernels"][:top]:
+        print(f"    {row['ms_per_step']:8.4f} ms  x{row['calls_per_step']:<5.1f} {row['name']}")
 
 
 def main(argv=None) -> None:
@@ -132,7 +127,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--round-s", type=float, default=0.4, help="seconds per variant per round")
     ap.add_argument("--trace-steps", type=int, default=10)
-    ap.add_argument("--top", type=int, default=30, help="kernels and ops printed (the JSON keeps them all)")
+    ap.add_argument("--top", type=int, default=30, help="kernels printed (the JSON keeps them all)")
     ap.add_argument("--tag", default="", help="names this process's XLA_FLAGS setting in the output")
     ap.add_argument("--out", default="")
     ap.add_argument("--hlo-dir", default="")
@@ -152,12 +147,7 @@ def main(argv=None) -> None:
         raise SystemExit("no variant compiled")
     ours = list(prepared)
     prepared.update(peer_runners(args.peer, args.workload, args.batch_size, args.dtype))
-    probe = {n: p.time(3)[0] / 3 for n, p in prepared.items()}
-    steps = {n: max(3, int(args.round_s / max(t, 1e-5))) for n, t in probe.items()}
-    per_step = {n: [] for n in prepared}
-    for _ in range(args.rounds):
-        for n, p in prepared.items():
-            per_step[n].append(p.time(steps[n])[0] / steps[n])
+    per_step = time_alternating(prepared, args.rounds, args.round_s)
     first = ours[0]
     peers = [n for n in prepared if n not in ours]
     peer_best = [min(per_step[p][i] for p in peers) for i in range(args.rounds)] if peers else None
@@ -190,8 +180,23 @@ def main(argv=None) -> None:
         if "error" not in s:
             print_profile(n, s, args.top)
     title = f"{args.workload} b{args.batch_size} {args.dtype} [{args.tag or 'default flags'}] on {bench.device_name()}"
+    print_table(title, rows, failed, bench_flops(args.workload))
+
+
+def time_alternating(runners: dict, rounds: int, round_s: float) -> dict[str, list[float]]:
+    """Seconds per step of every runner, per round; each round runs every runner for about `round_s`."""
+    probe = {n: r.time(3)[0] / 3 for n, r in runners.items()}
+    steps = {n: max(3, int(round_s / max(t, 1e-5))) for n, t in probe.items()}
+    per_step = {n: [] for n in runners}
+    for _ in range(rounds):
+        for n, r in runners.items():
+            per_step[n].append(r.time(steps[n])[0] / steps[n])
+    return per_step
+
+
+def print_table(title: str, rows: list[dict], failed: dict, flops: float) -> None:
+    first = rows[0]["variant"]
     print(f"\n## {title}\n| variant | step ms | img/s | TFLOP/s* | speed-up vs {first} | vs PyTorch best | compile s |")
-    flops = bench_flops(args.workload)
     for r in rows:
         tf = f"{flops * r['images_per_sec'] / 1e12:.0f}" if flops else "-"
         vs = f"{r['vs_peer_best']:.2f}x" if r["vs_peer_best"] else "-"
