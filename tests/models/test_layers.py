@@ -235,3 +235,22 @@ def test_dgrad_keeps_the_reversed_kernel_the_gpu_compiler_matches() -> None:
         x, jnp.flip(jnp.flip(k, (0, 1)), (0, 1)), (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
         dimension_numbers=("NHWC", "HWIO", "NHWC"))).lower(x, k).compile().as_text()
     assert " reverse(" not in cancelled  # what the barrier prevents
+
+
+@pytest.mark.parametrize("impl", ["gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im"])
+def test_up_formulations_equal_the_transposed_conv_in_float64(impl: str) -> None:
+    """Exact rewrites agree with `lax.conv_transpose` to float64 rounding: values, input and kernel gradients."""
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.random.default_rng(10).standard_normal((2, 5, 6, 4)))
+        k = jnp.asarray(np.random.default_rng(11).standard_normal((4, 4, 4, 3)))
+        cot = jnp.asarray(np.random.default_rng(12).standard_normal((2, 10, 12, 3)))
+        fn = layers._UP_FNS[impl]
+
+        def value_and_grads(f):
+            y, vjp = jax.vjp(f, x, k)
+            return (y, *vjp(cot))
+
+        got, want = value_and_grads(fn), value_and_grads(layers.up_native)
+        assert got[0].dtype == jnp.float64
+        for g, w, what in zip(got, want, ("value", "input gradient", "kernel gradient")):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12, err_msg=f"{impl}: {what}")
