@@ -132,6 +132,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="")
     ap.add_argument("--hlo-dir", default="")
     ap.add_argument("--peer", default="", help="path to torch_peer.py: time its eager step (and bf16 autocast) in the rounds too")
+    ap.add_argument("--peer-compile", action="store_true", help="time the peer's step under torch.compile too (30-60 s to compile)")
     args = ap.parse_args(argv)
     variants = dict(parse_variant(v) for v in (args.variant or ["base:"]))
 
@@ -146,7 +147,7 @@ def main(argv=None) -> None:
     if not prepared:
         raise SystemExit("no variant compiled")
     ours = list(prepared)
-    prepared.update(peer_runners(args.peer, args.workload, args.batch_size, args.dtype))
+    prepared.update(peer_runners(args.peer, args.workload, args.batch_size, args.dtype, args.peer_compile))
     per_step = time_alternating(prepared, args.rounds, args.round_s)
     first = ours[0]
     peers = [n for n in prepared if n not in ours]
@@ -206,8 +207,10 @@ def print_table(title: str, rows: list[dict], failed: dict, flops: float) -> Non
         print(f"| {n} | failed: {e[:100]} |")
 
 
-def peer_runners(path: str, workload: str, batch: int, dtype: str) -> dict:
-    """The PyTorch peer's eager step (and bf16 autocast for bfloat16), as gpu_suite.py builds them; {} without it."""
+def peer_runners(path: str, workload: str, batch: int, dtype: str, compiled: bool = False) -> dict:
+    """The PyTorch peer's eager step (bf16 autocast for bfloat16; each under torch.compile too with
+    `compiled`), as gpu_suite.py builds them; {} without it. A variant that fails to build is reported
+    and left out."""
     if not path:
         return {}
     import gpu_suite  # benchmarks/ is on the path when this file runs as a script
@@ -217,8 +220,15 @@ def peer_runners(path: str, workload: str, batch: int, dtype: str) -> dict:
         print(f"no PyTorch peer: {path} missing or torch not importable", file=sys.stderr)
         return {}
     kinds = [("eager", False)] + ([("amp", True)] if dtype == "bfloat16" else [])
+    kinds = [(label, amp, False) for label, amp in kinds] + ([(f"{label}+compile", amp, True) for label, amp in kinds] if compiled else [])
     device = "cuda" if jax.default_backend() == "gpu" else "cpu"
-    return {f"torch:{label}": gpu_suite.PeerStep(peer, workload, batch, device, amp, False) for label, amp in kinds}
+    runners = {}
+    for label, amp, comp in kinds:
+        try:
+            runners[f"torch:{label}"] = gpu_suite.PeerStep(peer, workload, batch, device, amp, comp)
+        except Exception as e:  # torch.compile failing is a finding, not the end of the slot
+            print(f"torch:{label} failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
+    return runners
 
 
 def bench_flops(workload: str) -> float:

@@ -53,8 +53,9 @@ LAYER_CASES = [
     ("dcgan64.down", "down", 256, 32, 64, 128, ("bfloat16", "float32")),
     ("dcgan28.down", "down", 1024, 14, 64, 128, ("float32",)),
 ]
-UP_CANDIDATES = ("native", "phase_conv", "im2col3x3", "phase_matmul", "gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im")
-DOWN_CANDIDATES = ("native", "s2d_conv", "s2d_matmul", "gemm_vjp")
+UP_CANDIDATES = ("native", "phase_conv", "im2col3x3", "phase_matmul", "gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im",
+                 "subpixel3x3")
+DOWN_CANDIDATES = ("native", "s2d_conv", "s2d_matmul", "gemm_vjp", "s2d3x3")
 
 # (workload, batch, dtype) in order of importance; the peer runs the reference workloads.
 STEP_CASES = [
@@ -327,9 +328,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--target-s", type=float, default=0.3, help="seconds per timed run")
     p.add_argument("--no-peer-compile", action="store_true")
-    p.add_argument("--cases", default="", help="workload:batch:dtype,... (default: the issue's list)")
+    p.add_argument("--cases", default="", help="workload:batch:dtype,... (default: the issue's list; 'none': no step cases)")
     p.add_argument("--families", default=",".join(FAMILY_CONFIGS), help="configs for the family table ('' for none)")
-    p.add_argument("--layers", default="", help="comma-separated LAYER_CASES names to time (default: all)")
+    p.add_argument("--layers", default="", help="comma-separated LAYER_CASES names to time (default: all; 'none': none)")
     p.add_argument("--variants", default="auto,native,tuned", help="synthjax variants per case (see prepare_case)")
     p.add_argument("--quick", action="store_true", help="small batches and short runs (CPU self-test)")
     a = p.parse_args()
@@ -345,7 +346,7 @@ def main() -> None:
     except ImportError:
         pass
     log(f"{info}")
-    cases = [(w, int(b), d) for w, b, d in (c.split(":") for c in a.cases.split(","))] if a.cases else STEP_CASES
+    cases = [] if a.cases == "none" else [(w, int(b), d) for w, b, d in (c.split(":") for c in a.cases.split(","))] if a.cases else STEP_CASES
     layer_rows, best = bench_layers(a.quick, min(a.budget_s * 0.25, 100), [n for n in a.layers.split(",") if n])
     step_rows, family_rows = [], []
 

@@ -52,9 +52,9 @@ from synthjax.kernels import onednn
 Array = jax.Array
 Initializer = Callable[..., Array]
 
-UP_IMPLS = ("auto", "native", "gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im", "onednn", "phase_matmul",
-            "phase_conv", "im2col3x3")
-DOWN_IMPLS = ("auto", "native", "gemm_vjp", "onednn", "s2d_conv", "s2d_matmul")
+UP_IMPLS = ("auto", "native", "gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im", "subpixel3x3", "onednn",
+            "phase_matmul", "phase_conv", "im2col3x3")
+DOWN_IMPLS = ("auto", "native", "gemm_vjp", "onednn", "s2d_conv", "s2d_matmul", "s2d3x3")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 _K4S2P1 = ((1, 1), (1, 1))  # the padding of Conv2d(k=4, s=2, p=1)
 
@@ -200,6 +200,34 @@ def down_s2d_matmul(x: Array, kernel: Array, precision: Any = None) -> Array:
     return _matmul(im2col_k4s2p1(x), _s2d_kernel(kernel).reshape(-1, kernel.shape[-1]), precision)
 
 
+def _s2d3x3_kernel(kernel: Array) -> Array:
+    """(4, 4, Cin, Cout) -> (3, 3, 4*Cin, Cout) over unshifted 2x2 blocks: output row i reads input
+    rows 2i - 1 .. 2i + 2, so block T = 0, 1, 2 (offset T - 1) at in-block row p holds tap 2T + p - 1;
+    the two indices outside 0..3 (T = 0, p = 0 and T = 2, p = 1) get zeros."""
+    cin, cout = kernel.shape[2:]
+    k = jnp.pad(kernel, ((1, 1), (1, 1), (0, 0), (0, 0))).reshape(3, 2, 3, 2, cin, cout)  # [t, p, u, q, c, o]
+    return k.transpose(0, 2, 1, 3, 4, 5).reshape(3, 3, 4 * cin, cout)
+
+
+def down_s2d3x3(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """Space-to-depth by 2 on *unshifted* blocks, then a 3x3 stride-1 SAME convolution (9/4 of the FLOPs).
+
+    `s2d_conv` pads first, so its blocks start one pixel before the image's;
+    here the blocks are the image's own, the layout `subpixel3x3` writes. A
+    generator whose image layer is `subpixel3x3` feeding a discriminator whose
+    image layer is this one leaves XLA a depth-to-space followed by its
+    inverse, which it removes: no interleave or im2col transpose between the
+    two networks, in either direction. For image layers (1-3 channels), where
+    the extra FLOPs are small. Odd sizes get a zero row/column (PyTorch's
+    padding reads it as zero too) and the output is cut to `H // 2`.
+    """
+    _, h, w, _ = x.shape
+    xs = space_to_depth(pad_spatial(x, (0, h % 2), (0, w % 2)), 2)
+    y = jax.lax.conv_general_dilated(xs, _s2d3x3_kernel(kernel), (1, 1), ((1, 1), (1, 1)),
+                                     dimension_numbers=_NHWC, precision=precision)
+    return y[:, :h // 2, :w // 2]
+
+
 # --------------------------------------------------------------------------
 # Up-sampling: ConvTranspose2d(k=4, s=2, p=1), H -> 2H.
 # --------------------------------------------------------------------------
@@ -335,6 +363,21 @@ def _up_subpixel_fwd(x: Array, kernel: Array, precision: Any) -> tuple[Array, tu
 up_subpixel.defvjp(_up_subpixel_fwd, _up_conv_vjp_bwd)
 
 
+def up_subpixel3x3(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """A 3x3 stride-1 SAME convolution to all four output phases, then depth-to-space (9/4 of the FLOPs).
+
+    Each input pixel's 3x3 neighbourhood holds the taps of all four phases of
+    its 2x2 output block (`_im2col3x3_kernel`, zeros where a phase does not
+    use a tap), so the convolution's output is the image in space-to-depth
+    layout over unshifted blocks, the layout `DownConv2x`'s `s2d3x3` reads
+    (see there). For image layers; plain autodiff (forward mode works).
+    """
+    cin, cout = kernel.shape[2:]
+    k = _im2col3x3_kernel(kernel).reshape(3, 3, cin, 4 * cout)
+    z = jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC, precision=precision)
+    return depth_to_space(z, 2)
+
+
 def up_dgrad_forward(x: Array, kernel: Array, precision: Any = None) -> Array:
     """`up_native`, written so that XLA:GPU hands it to cuDNN's backward-data (dgrad) convolution.
 
@@ -456,6 +499,7 @@ _UP_FNS = {
     "subpixel": up_subpixel,
     "dgrad": up_dgrad,
     "gemm_col2im": up_gemm_col2im,
+    "subpixel3x3": up_subpixel3x3,
     "onednn": up_onednn,
     "phase_matmul": up_phase_matmul,
     "phase_conv": up_phase_conv,
@@ -580,6 +624,7 @@ _DOWN_FNS = {
     "onednn": down_onednn,
     "s2d_conv": down_s2d_conv,
     "s2d_matmul": down_s2d_matmul,
+    "s2d3x3": down_s2d3x3,
 }
 
 

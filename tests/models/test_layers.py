@@ -16,11 +16,13 @@ from synthjax.models import layers
 ONEDNN = ["onednn"] if onednn.available() else []
 UP_ALL = [impl for impl in layers.UP_IMPLS if impl != "onednn" or ONEDNN]
 UP_CASES = [((3, 7, 7, 5, 4, True), UP_ALL),
-            ((2, 14, 14, 3, 1, True), ["auto", "native", "gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im", *ONEDNN]),
-            ((3, 5, 6, 4, 2, False), ["auto", "native", "gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im", *ONEDNN])]
+            ((2, 14, 14, 3, 1, True), ["auto", "native", "gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im",
+                                       "subpixel3x3", *ONEDNN]),
+            ((3, 5, 6, 4, 2, False), ["auto", "native", "gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im",
+                                      "subpixel3x3", *ONEDNN])]
 DOWN_ALL = [impl for impl in layers.DOWN_IMPLS if impl != "onednn" or ONEDNN]
 DOWN_CASES = [((3, 14, 14, 3, 4, True), DOWN_ALL),
-              ((2, 28, 28, 1, 5, True), ["auto", "native", "gemm_vjp", *ONEDNN]),
+              ((2, 28, 28, 1, 5, True), ["auto", "native", "gemm_vjp", "s2d_matmul", "s2d3x3", *ONEDNN]),
               ((3, 7, 9, 4, 1, False), DOWN_ALL)]
 
 
@@ -237,7 +239,7 @@ def test_dgrad_keeps_the_reversed_kernel_the_gpu_compiler_matches() -> None:
     assert " reverse(" not in cancelled  # what the barrier prevents
 
 
-@pytest.mark.parametrize("impl", ["gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im"])
+@pytest.mark.parametrize("impl", ["gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im", "subpixel3x3"])
 def test_up_formulations_equal_the_transposed_conv_in_float64(impl: str) -> None:
     """Exact rewrites agree with `lax.conv_transpose` to float64 rounding: values, input and kernel gradients."""
     with jax.enable_x64(True):
@@ -254,3 +256,36 @@ def test_up_formulations_equal_the_transposed_conv_in_float64(impl: str) -> None
         assert got[0].dtype == jnp.float64
         for g, w, what in zip(got, want, ("value", "input gradient", "kernel gradient")):
             np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12, err_msg=f"{impl}: {what}")
+
+
+@pytest.mark.parametrize("impl", ["gemm_vjp", "s2d_conv", "s2d_matmul", "s2d3x3"])
+@pytest.mark.parametrize("hw", [(6, 8), (7, 5)], ids=["even", "odd"])
+def test_down_formulations_equal_the_strided_conv_in_float64(impl: str, hw: tuple) -> None:
+    """As above for `DownConv2x`'s rewrites against `lax.conv_general_dilated`, even and odd sizes."""
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.random.default_rng(13).standard_normal((2, *hw, 3)))
+        k = jnp.asarray(np.random.default_rng(14).standard_normal((4, 4, 3, 5)))
+        cot = jnp.asarray(np.random.default_rng(15).standard_normal((2, hw[0] // 2, hw[1] // 2, 5)))
+
+        def value_and_grads(f):
+            y, vjp = jax.vjp(f, x, k)
+            return (y, *vjp(cot))
+
+        got, want = value_and_grads(layers._DOWN_FNS[impl]), value_and_grads(layers.down_native)
+        assert got[0].dtype == jnp.float64
+        for g, w, what in zip(got, want, ("value", "input gradient", "kernel gradient")):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12, err_msg=f"{impl}: {what}")
+
+
+@pytest.mark.parametrize("up", ["subpixel3x3", "gemm_col2im"])
+def test_block_image_layers_meet_without_an_interleave(up: str) -> None:
+    """`subpixel3x3` and `gemm_col2im` write the image as unshifted 2x2 blocks and `s2d3x3` reads them:
+    between a generator's image layer and a discriminator's, XLA is left no transpose of the image."""
+    batch = 5
+    x, k_up, k_down = normal((batch, 8, 8, 16), 16), normal((4, 4, 16, 3), 17), normal((4, 4, 3, 8), 18)
+    both = jax.jit(lambda x, k_up, k_down: layers.down_s2d3x3(jnp.tanh(layers._UP_FNS[up](x, k_up)), k_down))
+    transposed = [line.split("=")[1].split("{")[0] for line in both.lower(x, k_up, k_down).compile().as_text().splitlines()
+                  if " transpose(" in line]
+    assert transposed and not [shape for shape in transposed if f"[{batch}," in shape], transposed  # kernels only
+    native = layers.down_native(jnp.tanh(layers.up_native(x, k_up)), k_down)
+    np.testing.assert_allclose(both(x, k_up, k_down), native, rtol=2e-5, atol=2e-5)
