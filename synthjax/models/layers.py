@@ -220,6 +220,10 @@ def down_s2d3x3(x: Array, kernel: Array, precision: Any = None) -> Array:
     two networks, in either direction. For image layers (1-3 channels), where
     the extra FLOPs are small. Odd sizes get a zero row/column (PyTorch's
     padding reads it as zero too) and the output is cut to `H // 2`.
+    Measured, as the discriminator's image layer against `auto` (whole steps,
+    H100, eighth session): dcgan64 b256 bf16 x1.016 step time, f32 x1.016,
+    dcgan28 b1024 x1.043; the saved transposes cost less than the extra
+    FLOPs. On the 2-core CPU: x1.00. Kept as an exact alternative.
     """
     _, h, w, _ = x.shape
     xs = space_to_depth(pad_spatial(x, (0, h % 2), (0, w % 2)), 2)
@@ -371,6 +375,9 @@ def up_subpixel3x3(x: Array, kernel: Array, precision: Any = None) -> Array:
     use a tap), so the convolution's output is the image in space-to-depth
     layout over unshifted blocks, the layout `DownConv2x`'s `s2d3x3` reads
     (see there). For image layers; plain autodiff (forward mode works).
+    With `s2d3x3` in the discriminator, whole steps against `auto` (H100,
+    eighth session): dcgan64 b256 bf16 x1.022 step time, f32 x1.044, dcgan28
+    b1024 x1.135; CPU dcgan28 x1.07. Kept as an exact alternative.
     """
     cin, cout = kernel.shape[2:]
     k = _im2col3x3_kernel(kernel).reshape(3, 3, cin, 4 * cout)

@@ -88,6 +88,12 @@ class Critic(flax.struct.PyTreeNode):
 # x1.09 at b128, x1.19 at b32; oneDNN's kernels run the two halves one after the other under vmap
 # anyway); TPU: not measured.
 JOINT_PASS = {"auto": None, "on": True, "off": False, "true": True, "false": False}
+# Backends where the joint pass writes the stacked real + fake batch out before the discriminator reads
+# it (an optimisation barrier). Left to itself XLA:GPU fuses the stack into the discriminator's first
+# layer, whose space-to-depth gather then runs as one slow loop over both sources (0.15 ms of a 3.2 ms
+# dcgan64 b256 bf16 step on an H100). With the barrier: that step x0.985 in each of 7 alternating
+# rounds; dcgan64 b256 f32 x0.996, dcgan28 b1024 x1.002 (benchmarks/RESULTS.md, eighth session).
+MATERIALISE_JOINT_BATCH = ("gpu",)
 
 
 def resolve_joint_pass(value: Any, backend: str | None = None) -> bool:
@@ -196,6 +202,8 @@ class GANTrainer(Trainer):
         """
         if self.joint_pass and two_passes_mergeable(d_stats):
             both = jnp.stack([real, fake.astype(real.dtype)])
+            if jax.default_backend() in MATERIALISE_JOINT_BATCH:
+                both = jax.lax.optimization_barrier(both)
             logits, stacked = jax.vmap(lambda x: self._discriminate(d_params, d_stats, x, y))(both)
             return logits[0], logits[1], merge_two_pass_stats(d_stats, stacked)
         real_logits, stats = self._discriminate(d_params, d_stats, real, y)
