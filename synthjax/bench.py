@@ -118,9 +118,9 @@ class PreparedStep:
 def prepare(workload: str, batch_size: int, dtype: str = "float32", overrides: Sequence[str] = ()) -> PreparedStep:
     """Builds and compiles the train step `train.py` would run for a workload."""
     config, image_shape = workload_config(workload, batch_size, dtype, overrides)
+    tune_cpu_allocator(config.train.cpu_allocator)  # before jax starts its backend (synthjax/runtime.py)
     trainer = build_trainer(config, image_shape, 10)
     dp = DataParallel("shard_map")
-    tune_cpu_allocator()
     state = dp.put_state(jax.jit(trainer.create_state)(jax.random.key(0)))
     batch = dp.put_batch(fixed_batch(trainer, image_shape, batch_size))
     key = jax.random.key(1)

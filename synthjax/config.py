@@ -15,6 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from synthjax.errors import UserError
+from synthjax.runtime import ALLOCATOR_MODES
 
 PARALLEL_MODES = ("shard_map", "pmap")
 DTYPES = ("float32", "bfloat16")
@@ -59,6 +60,10 @@ def base_config() -> ml_collections.ConfigDict:
             dtype="float32",  # compute dtype; params and optimiser state stay float32
             on_nonfinite="halt",
             progress=True,
+            # glibc allocator setting on CPU: 'threshold', 'heap' (for steps with > 32 MiB of
+            # temporaries; measured per config), 'default' (synthjax/runtime.py). Process-wide,
+            # applied when the run starts.
+            cpu_allocator="threshold",
         )
     )
     # Sample-quality / likelihood evaluation during training (synthjax.evaluate); off by default
@@ -165,6 +170,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _check_choice("train.parallel", t.parallel, PARALLEL_MODES)
     _check_choice("train.dtype", t.dtype, DTYPES)
     _check_choice("train.on_nonfinite", t.on_nonfinite, NONFINITE_POLICIES)
+    _check_choice("train.cpu_allocator", t.cpu_allocator, ALLOCATOR_MODES)
     for key in ("batch_size", "num_steps", "log_every", "sample_every", "ckpt_every", "keep", "num_grid", "eval_batches"):
         _check_positive_int(f"train.{key}", t[key])
     for key in ("lr", "b1", "b2"):

@@ -214,9 +214,12 @@ def check_runs(runs: list[Run]) -> dict[str, Any]:
     """
     from synthjax.data import get_source
     from synthjax.parallel import DataParallel
+    from synthjax.runtime import tune_cpu_allocator
     from synthjax.train import check_inputs
     from synthjax.trainers import build_trainer
 
+    # Process-wide and only in full effect before jax starts its backend (synthjax/runtime.py): the first run's.
+    tune_cpu_allocator(runs[0].config.train.cpu_allocator)
     sources, trainers = {}, {}
     for run in runs:
         try:
@@ -341,13 +344,11 @@ def run_stacked(runs: list[Run], trainers: list, data_seed: int, log=print) -> l
     from synthjax.data import build_pipeline, get_source, prefetch_to_device
     from synthjax.evaluate import periodic_evaluator
     from synthjax.parallel import DataParallel
-    from synthjax.runtime import tune_cpu_allocator
     from synthjax.train import Diverged, MetricWindow, MetricWriter, guard_nonfinite, local_copy, prepare_workdir
 
     base, trainer = runs[0].config, trainers[0]
     t = base.train
     dp = DataParallel(t.parallel)
-    tune_cpu_allocator()
     source = get_source(base.data)
     for run in runs:
         prepare_workdir(run.workdir, run.config)

@@ -363,8 +363,8 @@ def divergence_message(policy_step: int, bad: tuple[int, dict[str, float]], last
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train `config` in `workdir`, resuming from its latest checkpoint; returns the final metrics."""
+    tune_cpu_allocator(config.train.cpu_allocator)  # before jax starts its backend (synthjax/runtime.py)
     dp = DataParallel(config.train.parallel)
-    tune_cpu_allocator()
     config_lib.validate(config, dp.num_devices)
     if dp.mode == "pmap" and jax.process_count() > 1:
         raise UserError(

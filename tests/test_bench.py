@@ -66,12 +66,13 @@ def test_gpu_profile_counts_overlapping_kernels_once():
 
 
 def test_compare_gives_the_peer_our_allocator_setting_and_takes_its_best_variant():
-    """On CPU the peer also runs with synthjax's glibc setting, and per round its best variant counts."""
+    """On CPU the peer also runs under each of synthjax's glibc settings, and per round its best variant counts."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
     import compare
 
     envs = [env for _, env in compare.peer_variants("float32", "cpu", False)]
-    assert envs == [{}, {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}]
+    assert envs == [{}, {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)},
+                    {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}]
     assert [env for _, env in compare.peer_variants("float32", "cuda", False)] == [{}]
     case = ("dcgan28", 128, "float32")
     rec = lambda r, who, ips, variant="": {"round": r, "who": who, "variant": variant, "case": list(case),  # noqa: E731

@@ -56,6 +56,7 @@ def test_unknown_variant_is_named():
         ("train.batch_size=6", "not divisible by the 4 devices"),
         ("train.parallel=mpi", "train.parallel='mpi' is not one of shard_map, pmap"),
         ("train.dtype=float16", "train.dtype='float16' is not one of"),
+        ("train.cpu_allocator=jemalloc", "train.cpu_allocator='jemalloc' is not one of threshold, heap, default"),
     ],
 )
 def test_validation_names_the_bad_value(override, message):

@@ -1,6 +1,9 @@
 """Process settings for the CPU backend: the allocator and the train step's XLA options, skipped where the user decides."""
 import ctypes
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +11,7 @@ import numpy as np
 import pytest
 
 from synthjax import runtime
+from synthjax.errors import UserError
 
 
 class FakeLibc:
@@ -23,31 +27,83 @@ class FakeLibc:
 def libc(monkeypatch):
     fake = FakeLibc()
     monkeypatch.setattr(ctypes, "CDLL", lambda name: fake)
-    for var in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", runtime.OPT_OUT):
+    for var in (*runtime.USER_ALLOCATOR_ENV, runtime.OPT_OUT):
         monkeypatch.delenv(var, raising=False)
     return fake
 
 
-def test_sets_both_thresholds_on_cpu(libc):
-    assert runtime.tune_cpu_allocator("cpu")
+def test_each_mode_sets_its_glibc_options_on_cpu(libc):
+    assert runtime.tune_cpu_allocator("threshold", "cpu")
     assert libc.calls == [(runtime.M_MMAP_THRESHOLD, 32 << 20), (runtime.M_TRIM_THRESHOLD, 1 << 30)]
+    libc.calls.clear()
+    assert runtime.tune_cpu_allocator("heap", "cpu")
+    assert libc.calls == [(runtime.M_ARENA_MAX, 1), (runtime.M_MMAP_MAX, 0), (runtime.M_TRIM_THRESHOLD, 1 << 30)]
+    libc.calls.clear()
+    assert not runtime.tune_cpu_allocator("default", "cpu") and libc.calls == []
+    with pytest.raises(UserError, match="train.cpu_allocator='fast' is not one of threshold, heap, default"):
+        runtime.tune_cpu_allocator("fast", "cpu")
 
 
-@pytest.mark.parametrize("env", [{"MALLOC_TRIM_THRESHOLD_": "0"}, {runtime.OPT_OUT: "default"}])
+def test_the_peer_gets_the_same_settings_as_environment_variables():
+    assert runtime.ALLOCATOR_ENV["heap"] == {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+                                             "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+    assert runtime.ALLOCATOR_ENV["threshold"] == {"MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+                                                  "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+    assert runtime.ALLOCATOR_ENV["default"] == {}
+
+
+@pytest.mark.parametrize("env", [{"MALLOC_TRIM_THRESHOLD_": "0"}, {"MALLOC_ARENA_MAX": "4"},
+                                 {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0"}, {runtime.OPT_OUT: "default"}])
 def test_user_settings_and_opt_out_win(libc, monkeypatch, env):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    assert not runtime.tune_cpu_allocator("cpu") and libc.calls == []
+    assert not runtime.tune_cpu_allocator("heap", "cpu") and libc.calls == []
 
 
 def test_other_backends_and_other_libcs_are_left_alone(libc, monkeypatch):
-    assert not runtime.tune_cpu_allocator("gpu") and libc.calls == []
+    assert not runtime.tune_cpu_allocator("heap", "gpu") and libc.calls == []
 
     def no_glibc(name):
         raise OSError(name)
 
     monkeypatch.setattr(ctypes, "CDLL", no_glibc)
-    assert not runtime.tune_cpu_allocator("cpu")
+    assert not runtime.tune_cpu_allocator("heap", "cpu")
+
+
+def test_expected_backend_does_not_start_one(monkeypatch):
+    from jax._src import xla_bridge
+
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    monkeypatch.setattr(jax, "default_backend", lambda: pytest.fail("started a backend"))
+    for platforms, want in (("cuda,cpu", "gpu"), ("tpu", "tpu"), ("cpu", "cpu")):
+        monkeypatch.setattr(runtime, "_configured_platforms", lambda: platforms)
+        assert runtime.expected_backend() == want
+    monkeypatch.setattr(runtime, "_configured_platforms", lambda: None)
+    assert runtime.expected_backend() == "cpu"  # this test environment has no accelerator plugin
+
+
+def test_the_heap_mode_ends_the_page_faults_of_a_step(tmp_path):
+    """In fresh processes (glibc's arena limit only binds threads that have not allocated yet): a program
+    with 80 MiB of temporaries faults them all in on every run under glibc's defaults; tuned, the median
+    run faults in none (a run now and then still grows the heap, when the previous run's block is freed
+    after the next one is allocated)."""
+    script = tmp_path / "faults.py"
+    script.write_text(
+        "import resource, statistics, sys, jax, jax.numpy as jnp\n"
+        "from synthjax import runtime\n"
+        "if sys.argv[1] == 'tuned': assert runtime.tune_cpu_allocator('heap')\n"
+        "f = jax.jit(lambda x: (lambda y: (y * y).sum())(jax.lax.optimization_barrier(jnp.sin(x))))\n"
+        "x, faults = jnp.ones((20 << 20,), jnp.float32), []\n"
+        "for _ in range(30):\n"
+        "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    f(x).block_until_ready()\n"
+        "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+        "print(statistics.median(faults[2:]))\n")
+    env = {k: v for k, v in os.environ.items() if k not in (*runtime.USER_ALLOCATOR_ENV, runtime.OPT_OUT)}
+    env["JAX_PLATFORMS"] = "cpu"
+    median = {mode: float(subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True, text=True,
+                                         check=True).stdout.split()[-1]) for mode in ("default", "tuned")}
+    assert median["default"] > 15000 and median["tuned"] < 500, median  # 80 MiB is 20,480 pages
 
 
 # --- XLA:CPU compiler options of the train step -----------------------------------------------
