@@ -17,7 +17,8 @@ once per process, by `train.cpu_allocator`:
   step. dcgan28 b128: 26,600 page faults and ~65 ms of system time per step
   went to none and ~1 ms, step time x0.84 (6 process pairs), resident
   memory +165 MiB. Small steps lose to the single arena's lock (vae_mlp
-  x0.87, gan_mlp x0.87), so only configs measured faster set it (dcgan).
+  0.81-0.86x, gan_mlp 0.88x the img/s; vae_conv even, vqvae 0.84-1.02x in
+  three noisy pairs), so only configs measured faster set it (dcgan).
   glibc applies the arena limit only to threads that have not allocated
   yet, so it must be set before jax starts its backend: `train.py`, the
   bench and the sweep call this first.
