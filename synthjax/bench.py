@@ -67,6 +67,15 @@ def default_batch_size(name: str) -> int:
     return workload_config(name, 0, "float32")[0].train.batch_size
 
 
+SPEC_BATCH = 128  # the reference workloads' batch in ../shared/bench/SPEC.md
+
+
+def cli_batch_size(name: str, given: int) -> int:
+    """`--batch-size` as given; if not given, the spec's 128 for a reference workload, else the config's own
+    (which respects its constraints, e.g. WGAN-GP's multiple of n_critic)."""
+    return given or (SPEC_BATCH if name in REFERENCE else default_batch_size(name))
+
+
 def fixed_batch(trainer, image_shape, batch_size: int, seed: int = 0) -> dict:
     """A random batch in the trainer's value range (binary where it binarises), as the pipeline would give."""
     rng = np.random.default_rng(seed)
@@ -164,7 +173,8 @@ def run(workload: str, batch_size: int, steps: int, dtype: str = "float32", warm
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", default="dcgan28")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="default: 128 for the reference workloads, the config's own for a config name")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -172,6 +182,7 @@ def main(argv=None) -> None:
                    help="config override, e.g. --set model.conv_impl=native (repeatable)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     a = p.parse_args(argv)
+    a.batch_size = cli_batch_size(a.workload, a.batch_size)
     result = run(a.workload, a.batch_size, a.steps, a.dtype, a.warmup, a.set)
     if not a.json:
         print(f"{a.workload} b{a.batch_size} {a.dtype} on {result['device']}: {result['images_per_sec']:.1f} img/s, "

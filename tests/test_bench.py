@@ -82,3 +82,11 @@ def test_compare_gives_the_peer_our_allocator_setting_and_takes_its_best_variant
     (row,) = compare.summarise(records, [case], 2)
     assert row["median_ratio"] == (100 / 125 + 90 / 100) / 2
     assert row["torch_img_s_by_variant"] == {"eager": 90, "malloc": 107.5}
+
+
+def test_cli_batch_size_defaults_to_the_spec_or_the_config():
+    from synthjax import bench
+
+    assert bench.cli_batch_size("dcgan28", 0) == 128 and bench.cli_batch_size("vae_mlp", 0) == 128
+    assert bench.cli_batch_size("wgan_gp", 0) == 320  # its config's: a multiple of n_critic=5
+    assert bench.cli_batch_size("wgan_gp", 64) == 64
