@@ -45,6 +45,10 @@ def uniform(key: jax.Array, local_shape: tuple[int, ...], dtype=jnp.float32) -> 
 
 
 def pmean(tree: Any) -> Any:
+    """The mean over the data axis; on one device the identity. Why skip it there: XLA still emits the
+    all-reduce, a copy of every gradient (vae_mlp on the 2-core CPU: 0.24 ms of a 4.4 ms step)."""
+    if num_shards() == 1:
+        return tree
     return jax.lax.pmean(tree, AXIS)
 
 

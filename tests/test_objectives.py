@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from synthjax.errors import UserError
-from synthjax.objectives import gan, vae
+from synthjax.objectives import gan, likelihood, vae
 
 
 
@@ -48,6 +48,26 @@ def test_bernoulli_log_prob_matches_numpy():
     p = _sigmoid(logits[..., 0].astype(np.float64))
     want = np.sum(x * np.log(p) + (1 - x) * np.log(1 - p), axis=(1, 2, 3))
     np.testing.assert_allclose(vae.bernoulli_log_prob(jnp.array(logits), jnp.array(x)), want, rtol=1e-5)
+
+
+def test_sigmoid_bce_and_its_gradient_match_float64_for_any_logit():
+    logits = np.array([-200.0, -30.0, -1.5, -1e-3, 0.0, 1e-3, 2.0, 30.0, 200.0], np.float32)
+    for t in (0.0, 0.3, 1.0):
+        x = logits.astype(np.float64)
+        want = np.logaddexp(0.0, x) - t * x  # softplus(l) - t * l
+        want_grad = _sigmoid(x) - t
+        got = likelihood.sigmoid_bce(jnp.array(logits), t)
+        got_grad = jax.vmap(jax.grad(likelihood.sigmoid_bce), in_axes=(0, None))(jnp.array(logits), t)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got_grad, want_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_sum_pixels_equals_the_sum_over_unflattened_axes():
+    rng = np.random.default_rng(1)
+    a, b = (jnp.array(rng.standard_normal((2, 4, 3, 5, 2)), jnp.float32) for _ in range(2))
+    assert likelihood.flat_pixels(a, 3).shape == (2, 4, 30)
+    got = likelihood.sum_pixels(lambda u, v: u * v + u, 3, a, b)
+    np.testing.assert_allclose(got, jnp.sum(a * b + a, axis=(2, 3, 4)), rtol=1e-5)
 
 
 def test_discretized_logistic_is_a_normalised_distribution():

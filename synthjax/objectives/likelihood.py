@@ -28,6 +28,21 @@ def sum_per_example(values: jax.Array, event_dims: int) -> jax.Array:
     return jnp.sum(values, axis=tuple(range(values.ndim - event_dims, values.ndim)))
 
 
+def flat_pixels(x: jax.Array, event_dims: int) -> jax.Array:
+    """`x` with its trailing `event_dims` axes (one example's pixels and channels) merged into one (a free reshape).
+
+    Elementwise work on whole images should run on this view. XLA:CPU vectorises a loop along the
+    minor axis, which for one-channel images is the channel axis, of size 1: the BCE of (128, 28, 28, 1)
+    logits with its gradient took 1.3 ms in that shape and 0.3 ms on the (128, 784) view (2-core CPU).
+    """
+    return x.reshape(*x.shape[: x.ndim - event_dims], -1)
+
+
+def sum_pixels(elementwise: Callable, event_dims: int, *arrays: jax.Array) -> jax.Array:
+    """Per example, the sum over its pixels of `elementwise(*arrays)`, computed on `flat_pixels` views."""
+    return jnp.sum(elementwise(*(flat_pixels(a, event_dims) for a in arrays)), axis=-1)
+
+
 def bits_per_dim(nll_nats: jax.Array, num_dims: int) -> jax.Array:
     """Nats per example -> bits per dimension (pixel and channel)."""
     return nll_nats / (num_dims * jnp.log(2.0))
@@ -35,7 +50,7 @@ def bits_per_dim(nll_nats: jax.Array, num_dims: int) -> jax.Array:
 
 def bernoulli_nll(logits_bhwck: jax.Array, x_bhwc: jax.Array) -> jax.Array:
     """-log p(x) in nats per image for binary x under one Bernoulli logit per pixel and channel."""
-    return sum_per_example(sigmoid_bce(logits_bhwck[..., 0], x_bhwc), 3)
+    return sum_pixels(sigmoid_bce, 3, logits_bhwck[..., 0], x_bhwc)
 
 
 def pixel_levels(x01: jax.Array) -> jax.Array:
@@ -81,15 +96,18 @@ def get_pixel_likelihood(name: str) -> PixelLikelihood:
 
 def frame_bce(logits_bthwc: jax.Array, frames_bthwc: jax.Array) -> jax.Array:
     """Binary cross-entropy in nats per frame (B, T) of frames in [0, 1] under Bernoulli logits."""
-    return sum_per_example(sigmoid_bce(logits_bthwc, frames_bthwc), 3)
+    return sum_pixels(sigmoid_bce, 3, logits_bthwc, frames_bthwc)
 
 
 def frame_probs_bce(probs_bthwc: jax.Array, frames_bthwc: jax.Array, eps: float) -> jax.Array:
     """Binary cross-entropy per frame (B, T) of predicted probabilities, clipped to [eps, 1 - eps]."""
-    p = jnp.clip(probs_bthwc, eps, 1.0 - eps)
-    return -sum_per_example(frames_bthwc * jnp.log(p) + (1.0 - frames_bthwc) * jnp.log1p(-p), 3)
+    def log_likelihood(probs, frames):
+        p = jnp.clip(probs, eps, 1.0 - eps)
+        return frames * jnp.log(p) + (1.0 - frames) * jnp.log1p(-p)
+
+    return -sum_pixels(log_likelihood, 3, probs_bthwc, frames_bthwc)
 
 
 def frame_squared_error(pred_bthwc: jax.Array, frames_bthwc: jax.Array) -> jax.Array:
     """Squared error summed over each frame's pixels (B, T): the 'MSE per frame' of video-prediction papers."""
-    return sum_per_example((pred_bthwc - frames_bthwc) ** 2, 3)
+    return sum_pixels(lambda pred, frames: (pred - frames) ** 2, 3, pred_bthwc, frames_bthwc)

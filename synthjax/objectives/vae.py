@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from synthjax.errors import unknown_name
+from synthjax.objectives.likelihood import sigmoid_bce, sum_pixels
 
 LOG_2PI = math.log(2.0 * math.pi)  # a Python float: importing must not start the JAX backend
 
@@ -25,14 +26,15 @@ def gaussian_kl(mu, logvar):
 
 def bernoulli_log_prob(params, x):
     """log Bernoulli(x | sigmoid(logits)) for x in {0, 1} (or [0, 1] as a cross-entropy)."""
-    logits = params[..., 0]
-    return -jnp.sum(jnp.logaddexp(0.0, logits) - x * logits, axis=(1, 2, 3))
+    return -sum_pixels(sigmoid_bce, 3, params[..., 0], x)
 
 
 def gaussian_log_prob(params, x, sigma: float = 0.1):
     """log N(x | mean, sigma^2) with a fixed sigma, mean = sigmoid(output) in [0, 1]."""
-    mean = jax.nn.sigmoid(params[..., 0])
-    return -jnp.sum(0.5 * ((x - mean) / sigma) ** 2 + jnp.log(sigma) + 0.5 * LOG_2PI, axis=(1, 2, 3))
+    def nll(output, x):
+        return 0.5 * ((x - jax.nn.sigmoid(output)) / sigma) ** 2 + math.log(sigma) + 0.5 * LOG_2PI
+
+    return -sum_pixels(nll, 3, params[..., 0], x)
 
 
 def discretized_logistic_log_prob(params, x, num_bins: int = 256):
@@ -42,14 +44,15 @@ def discretized_logistic_log_prob(params, x, num_bins: int = 256):
     width 1/(num_bins-1) around x gets the logistic CDF mass, the edge bins take
     the tails. This is a probability mass: -log P is a code length in nats.
     """
-    mean, log_scale = jax.nn.sigmoid(params[..., 0]), jnp.maximum(params[..., 1], -7.0)
-    inv_scale = jnp.exp(-log_scale)
     half_bin = 0.5 / (num_bins - 1)
-    upper = jax.nn.sigmoid((x + half_bin - mean) * inv_scale)
-    lower = jax.nn.sigmoid((x - half_bin - mean) * inv_scale)
-    upper = jnp.where(x >= 1.0 - 1e-6, 1.0, upper)
-    lower = jnp.where(x <= 1e-6, 0.0, lower)
-    return jnp.sum(jnp.log(jnp.maximum(upper - lower, 1e-12)), axis=(1, 2, 3))
+
+    def log_mass(mean_output, log_scale_output, x):
+        mean, inv_scale = jax.nn.sigmoid(mean_output), jnp.exp(-jnp.maximum(log_scale_output, -7.0))
+        upper = jnp.where(x >= 1.0 - 1e-6, 1.0, jax.nn.sigmoid((x + half_bin - mean) * inv_scale))
+        lower = jnp.where(x <= 1e-6, 0.0, jax.nn.sigmoid((x - half_bin - mean) * inv_scale))
+        return jnp.log(jnp.maximum(upper - lower, 1e-12))
+
+    return sum_pixels(log_mass, 3, params[..., 0], params[..., 1], x)
 
 
 class Likelihood(NamedTuple):

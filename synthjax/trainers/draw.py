@@ -20,7 +20,7 @@ import optax
 from synthjax import parallel
 from synthjax.data.pipeline import Preprocess
 from synthjax.models.rnn import DRAW
-from synthjax.objectives.likelihood import bits_per_dim, sigmoid_bce, sum_per_example
+from synthjax.objectives.likelihood import bits_per_dim, sigmoid_bce, sum_pixels
 from synthjax.objectives.vae import gaussian_kl
 from synthjax.trainers.base import Metrics, Trainer, adam, register, require
 
@@ -85,7 +85,7 @@ class DRAWTrainer(Trainer):
     def bound_terms(self, params: Any, x: jax.Array, eps_tbz: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(L^x, L^z) per image in nats: reconstruction BCE of sigmoid(c_T) and the summed per-step KL."""
         canvas, mu, logvar = self.model.apply({"params": params}, x, eps_tbz)
-        return sum_per_example(sigmoid_bce(canvas, x), 3), jnp.sum(gaussian_kl(mu, logvar), axis=0)
+        return sum_pixels(sigmoid_bce, 3, canvas, x), jnp.sum(gaussian_kl(mu, logvar), axis=0)
 
     def train_step(self, state: DRAWState, batch: dict, key: jax.Array) -> tuple[DRAWState, Metrics]:
         x = batch["image"]
