@@ -106,3 +106,17 @@ def test_shard_map_pmap_and_one_device_agree(config_name):
         for h, r in zip(hist, ref_hist):
             for k in r:
                 np.testing.assert_allclose(h[k], r[k], rtol=2e-4, atol=1e-5, err_msg=f"{name} {k}")
+
+
+def test_global_norm_matches_float64_under_jit_and_vmap():
+    from synthjax.trainers.base import LARGE_LEAF, global_norm
+
+    rng = np.random.default_rng(3)
+    tree = {"s": np.float32(1.5), "v": rng.standard_normal(5), "k": rng.standard_normal((3, 4, 2, 6)),
+            "w": rng.standard_normal((100, 300)), "big": rng.standard_normal((64, 128, 130))}
+    tree = {k: np.asarray(v, np.float32) for k, v in tree.items()}
+    assert tree["big"].size >= LARGE_LEAF > tree["w"].size  # both ways of summing a leaf
+    want = np.sqrt(sum(np.sum(np.asarray(v, np.float64) ** 2) for v in tree.values()))
+    np.testing.assert_allclose(jax.jit(global_norm)(tree), want, rtol=1e-6)
+    stacked = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), tree)
+    np.testing.assert_allclose(jax.vmap(global_norm)(stacked), [want, 2 * want], rtol=1e-6)

@@ -27,7 +27,7 @@ from synthjax.data import get_source
 from synthjax.data.pipeline import Preprocess
 from synthjax.models.rnn import EncoderForecaster
 from synthjax.objectives.likelihood import frame_bce, frame_probs_bce, frame_squared_error
-from synthjax.trainers.base import Metrics, Trainer, adam, register, require
+from synthjax.trainers.base import Metrics, Trainer, adam, global_norm, register, require
 
 # Copying the last frame predicts hard 0/1 pixels; its cross-entropy needs the probabilities
 # kept off 0 and 1. The baseline's BCE depends on this choice, its squared error does not.
@@ -106,7 +106,7 @@ class ConvLSTMTrainer(Trainer):
             "loss": loss,
             "bce_per_frame": jnp.mean(bce),
             "mse_per_frame": jnp.mean(frame_squared_error(jax.nn.sigmoid(logits), future)),
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": global_norm(grads),
         }
         return new_state, parallel.pmean(metrics)
 

@@ -22,7 +22,7 @@ from synthjax.data.pipeline import Preprocess
 from synthjax.models.rnn import DRAW
 from synthjax.objectives.likelihood import bits_per_dim, sigmoid_bce, sum_pixels
 from synthjax.objectives.vae import gaussian_kl
-from synthjax.trainers.base import Metrics, Trainer, adam, register, require
+from synthjax.trainers.base import Metrics, Trainer, adam, global_norm, register, require
 
 
 class DRAWState(flax.struct.PyTreeNode):
@@ -99,7 +99,7 @@ class DRAWTrainer(Trainer):
         grads = parallel.pmean(grads)
         updates, opt = self.tx.update(grads, state.opt, state.params)
         new_state = DRAWState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt=opt)
-        metrics = {"loss": loss, "rec": jnp.mean(rec), "kl": jnp.mean(kl), "neg_elbo": loss, "grad_norm": optax.tree.norm(grads)}
+        metrics = {"loss": loss, "rec": jnp.mean(rec), "kl": jnp.mean(kl), "neg_elbo": loss, "grad_norm": global_norm(grads)}
         return new_state, parallel.pmean(metrics)
 
     def eval_step(self, state: DRAWState, batch: dict, key: jax.Array) -> Metrics:

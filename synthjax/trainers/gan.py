@@ -47,7 +47,6 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 
 from synthjax import parallel
 from synthjax.augment import diff_augment, parse_policy
@@ -56,7 +55,7 @@ from synthjax.errors import UserError
 from synthjax.models.gan import build_gan, merge_two_pass_stats, two_passes_mergeable
 from synthjax.objectives.gan import get_loss
 from synthjax.objectives.penalties import get_penalty
-from synthjax.trainers.base import Metrics, Trainer, adam, register, require
+from synthjax.trainers.base import Metrics, Trainer, adam, global_norm, register, require
 from synthjax.trainers.vmappable import HParams, apply_scaled, as_hparams, ema_hparams, ema_update
 
 
@@ -310,8 +309,8 @@ class GANTrainer(Trainer):
             "g_loss": g_loss,
             "d_real": jnp.mean(jax.nn.sigmoid(d_out["real_logits"])),
             "d_fake": jnp.mean(jax.nn.sigmoid(d_out["fake_logits"])),
-            "g_grad_norm": optax.tree.norm(g_grads),
-            "d_grad_norm": optax.tree.norm(d_out["d_grads"]),
+            "g_grad_norm": global_norm(g_grads),
+            "d_grad_norm": global_norm(d_out["d_grads"]),
         }
         if "penalty" in d_out:
             metrics["penalty"] = d_out["penalty"]

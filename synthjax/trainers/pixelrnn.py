@@ -21,7 +21,7 @@ from synthjax import parallel
 from synthjax.data.pipeline import Preprocess
 from synthjax.models.rnn import PixelRNN, zero_row_carries
 from synthjax.objectives.likelihood import bits_per_dim, get_pixel_likelihood
-from synthjax.trainers.base import Metrics, Trainer, adam, register, require
+from synthjax.trainers.base import Metrics, Trainer, adam, global_norm, register, require
 
 ARCHS = ("row_lstm",)
 
@@ -96,7 +96,7 @@ class PixelRNNTrainer(Trainer):
         grads = parallel.pmean(grads)
         updates, opt = self.tx.update(grads, state.opt, state.params)
         new_state = PixelRNNState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt=opt)
-        metrics = {"loss": loss, "nll": loss, "bits_per_dim": bits_per_dim(loss, self.num_dims), "grad_norm": optax.tree.norm(grads)}
+        metrics = {"loss": loss, "nll": loss, "bits_per_dim": bits_per_dim(loss, self.num_dims), "grad_norm": global_norm(grads)}
         return new_state, parallel.pmean(metrics)
 
     def eval_step(self, state: PixelRNNState, batch: dict, key: jax.Array) -> Metrics:

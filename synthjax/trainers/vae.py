@@ -20,14 +20,13 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 
 from synthjax import parallel
 from synthjax.data.pipeline import Preprocess
 from synthjax.models.vae import build_vae
 from synthjax.metrics import importance_weighted_log_likelihood
 from synthjax.objectives.vae import LOG_2PI, gaussian_kl, gaussian_log_weights, get_likelihood, iwae_bound, negative_elbo
-from synthjax.trainers.base import Metrics, Trainer, adam, register, require
+from synthjax.trainers.base import Metrics, Trainer, adam, global_norm, register, require
 from synthjax.trainers.vmappable import HParams, apply_scaled, as_hparams
 
 
@@ -118,7 +117,7 @@ class VAETrainer(Trainer):
             "rec": -jnp.mean(log_px_z),
             "kl": jnp.mean(kl),
             "neg_elbo": jnp.mean(kl - log_px_z),
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": global_norm(grads),
         }
         return new_state, parallel.pmean(metrics)
 

@@ -26,13 +26,12 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 
 from synthjax import parallel
 from synthjax.data.pipeline import Preprocess
 from synthjax.models.vq import build_vqvae, ema_codebook_update, latent_grid
 from synthjax.objectives.vae import codebook_loss, commitment_loss, get_likelihood
-from synthjax.trainers.base import Metrics, Trainer, adam, register, require
+from synthjax.trainers.base import Metrics, Trainer, adam, global_norm, register, require
 from synthjax.trainers.vmappable import HParams, apply_scaled, as_hparams, ema_hparams
 
 
@@ -125,7 +124,7 @@ class VQVAETrainer(Trainer):
             "rec": jnp.mean(t["rec"]),
             # The codebook term has the value of the commitment term (they differ only in where gradients go).
             "commitment": jnp.mean(t["commitment"]),
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": global_norm(grads),
         }
         return new_state, {**parallel.pmean(metrics), "perplexity": perplexity(t["codes"], self.config.model.num_codes)}
 
