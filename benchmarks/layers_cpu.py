@@ -163,7 +163,7 @@ def bench_layer(name: str, batch: int, dtype: Any, reps: int, skip_slow: bool, r
         return f"{1e3 * statistics.median(t):9.1f} {1e3 * min(t):8.1f}" if t else f"{'-':>9s} {'-':>8s}"
 
     auto = (layers.resolve_up_impl("auto", features=cout, dtype=dtype) if kind == "up"
-            else layers.resolve_down_impl("auto", in_features=cin, dtype=dtype))
+            else layers.resolve_down_impl("auto", dtype=dtype))
     label = f"{name} {cin}->{cout} {hw}->{out_hw}"
     print(f"{label}: auto = {auto}")
     for impl, r in rows.items():

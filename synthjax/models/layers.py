@@ -521,10 +521,9 @@ _UP_FNS = {
 # 7x7 132 / 140 / 127 (PyTorch 101), 64->32 at 14x14 76 / 59 / 54, 64->8 18.4 / 18.4 / 15.1,
 # 64->4 10.9 / 9.0 / 9.6, 64->1 5.4 / 6.0 / 7.8, 128->1 12.6 / 12.0 / 13.7. Whole train steps
 # (paired, step-time ratio to conv_vjp): dcgan28 0.971, vae_conv 0.933, vqvae 1.01.
-# `onednn`, where built, takes the wide side of the same threshold, for up and down layers alike
-# (the narrow side counted: output channels up, input channels down). It lost on the dcgan28
-# image layers (128->1 16.2 vs 11.9 ms, 1->64 9.9 vs 8.6; benchmarks/RESULTS.md, sixth session);
-# widths between 1 and 64 were not measured with it.
+# `onednn`, where built, takes the wide side of the same threshold for up layers. It lost on the
+# generator's image layer (128->1 16.2 vs 11.9 ms; benchmarks/RESULTS.md, sixth session); widths
+# between 1 and 64 were not measured with it. Down layers use it at every width (resolve_down_impl).
 CPU_SUBPIXEL_MIN_FEATURES = 8
 # On GPU, `impl="auto"` uses `gemm_col2im` below this many output channels (measured: 1 and 3, the
 # DCGAN image layers), `dgrad` from it up (measured: 64-256).
@@ -635,17 +634,21 @@ _DOWN_FNS = {
 }
 
 
-def resolve_down_impl(impl: str, backend: str | None = None, in_features: int | None = None,
-                      dtype: Any = jnp.float32) -> str:
-    """Maps `impl="auto"` to `onednn` on CPU (float32, library built, at least
-    `CPU_SUBPIXEL_MIN_FEATURES` input channels), else `gemm_vjp` on CPU and
-    `native` on GPU/TPU.
+def resolve_down_impl(impl: str, backend: str | None = None, dtype: Any = jnp.float32) -> str:
+    """Maps `impl="auto"` to `onednn` on CPU (float32, library built), else
+    `gemm_vjp` on CPU and `native` on GPU/TPU.
 
-    oneDNN: 64->128 at 14x14, batch 128, forward + backward 28 vs 37 ms; on
-    the 1->64 image layer it lost (9.9 vs 8.6). On XLA:CPU `native` and
-    `gemm_vjp` are the same computation to first order, but a gradient
-    penalty differentiates the input gradient, a transposed conv, and that is
-    ~10x faster through `up_gemm_vjp`.
+    oneDNN: 64->128 at 14x14, batch 128, forward + backward 28 vs 37 ms. On
+    an image layer (1->64 at 28x28) it loses in isolation (forward + both
+    gradients 6.4 vs 4.8 ms) but wins in the train step, where the first
+    layer's input gradient is rarely needed (real images, encoder inputs) and
+    its forward is the faster one, on the whole batch without chunking: the
+    dcgan28 step took 0.978, 0.983, 0.984 and 0.954 of the time with
+    `gemm_vjp` there (four paired in-process runs of 14-16 rounds, tenth
+    session), vae_conv 0.993. `gemm_vjp` stays where oneDNN cannot run. On
+    XLA:CPU `native` and `gemm_vjp` are the same computation to first order,
+    but a gradient penalty differentiates the input gradient, a transposed
+    conv, and that is ~10x faster through `up_gemm_vjp`.
     """
     if impl not in DOWN_IMPLS:
         raise ValueError(f"DownConv2x: impl={impl!r} is not one of {DOWN_IMPLS}")
@@ -654,8 +657,7 @@ def resolve_down_impl(impl: str, backend: str | None = None, in_features: int | 
     backend = backend or jax.default_backend()
     if backend != "cpu":
         return "native"
-    wide = in_features is None or in_features >= CPU_SUBPIXEL_MIN_FEATURES
-    return "onednn" if wide and _onednn_fits(backend, dtype) else "gemm_vjp"
+    return "onednn" if _onednn_fits(backend, dtype) else "gemm_vjp"
 
 
 def down_conv2x(x: Array, kernel: Array, impl: str = "auto", precision: Any = None, batch_chunk: int = 0) -> Array:
@@ -663,7 +665,7 @@ def down_conv2x(x: Array, kernel: Array, impl: str = "auto", precision: Any = No
     Cout) kernel, via the formulation named by `impl`, on chunks of
     `batch_chunk` images (`resolve_batch_chunk`; 0: the backend's default)."""
     _check_args(x, kernel, "down_conv2x")
-    impl = resolve_down_impl(impl, in_features=kernel.shape[2], dtype=x.dtype)
+    impl = resolve_down_impl(impl, dtype=x.dtype)
     fn = _DOWN_FNS[impl]
     return in_batch_chunks(lambda part: fn(part, kernel, precision), x, _chunk_for(impl, batch_chunk))
 
@@ -709,10 +711,9 @@ class DownConv2x(nn.Module):
     native strided conv's XLA:CPU forward and backward (input gradient
     included) are already within ~2x of PyTorch, and neither space-to-depth
     rewrite (`s2d_conv`, `s2d_matmul`, kept as exact alternatives) beat it.
-    `impl="auto"` (`resolve_down_impl`) is `onednn` on CPU for wide float32
-    layers, `gemm_vjp` for the CPU's other cases (native to first order, 10x
-    faster under gradient penalties; see `down_gemm_vjp`) and `native` on
-    GPU/TPU.
+    `impl="auto"` (`resolve_down_impl`) is `onednn` on CPU in float32,
+    `gemm_vjp` for the CPU's other cases (native to first order, 10x faster
+    under gradient penalties; see `down_gemm_vjp`) and `native` on GPU/TPU.
     """
 
     features: int

@@ -155,7 +155,6 @@ def test_auto_impl_by_backend() -> None:
     assert layers.resolve_up_impl("auto", backend="gpu", features=3) == "gemm_col2im"  # image layers
     assert layers.resolve_up_impl("auto", backend="tpu") == "native"  # not measured: the compiler's own
     assert layers.resolve_down_impl("auto", backend="cpu") == ("onednn" if onednn.available() else "gemm_vjp")
-    assert layers.resolve_down_impl("auto", backend="cpu", in_features=3) == "gemm_vjp"  # image layers
     assert layers.resolve_down_impl("auto", backend="cpu", dtype=jnp.bfloat16) == "gemm_vjp"
     assert layers.resolve_down_impl("auto", backend="gpu") == "native"
     with pytest.raises(ValueError, match="impl='fast'"):
