@@ -65,8 +65,9 @@ def test_gpu_profile_counts_overlapping_kernels_once():
     assert gpu_profile.kernel_kind("input_multiply_reduce_fusion_1") == "reduction fusion"
 
 
-def test_compare_gives_the_peer_our_allocator_setting_and_takes_its_best_variant():
-    """On CPU the peer also runs under each of synthjax's glibc settings, and per round its best variant counts."""
+def test_compare_runs_both_sides_under_each_allocator_setting_and_takes_each_sides_best():
+    """On CPU both sides run under each of synthjax's glibc settings, and per round each side's best run counts;
+    the default config's own ratio is kept beside it."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
     import compare
 
@@ -74,14 +75,19 @@ def test_compare_gives_the_peer_our_allocator_setting_and_takes_its_best_variant
     assert envs == [{}, {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)},
                     {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}]
     assert [env for _, env in compare.peer_variants("float32", "cuda", False)] == [{}]
+    assert compare.ours_variants("cpu") == [[], ["--set", "train.cpu_allocator=heap"],
+                                            ["--set", "train.cpu_allocator=default"]]
+    assert compare.ours_variants("cuda") == [[]]
     case = ("dcgan28", 128, "float32")
     rec = lambda r, who, ips, variant="": {"round": r, "who": who, "variant": variant, "case": list(case),  # noqa: E731
                                            "result": {"images_per_sec": ips, "compile_s": 1.0}}
-    records = [rec(0, "synthjax", 100), rec(0, "torch", 80), rec(0, "torch", 125, "malloc"),
-               rec(1, "synthjax", 90), rec(1, "torch", 100), rec(1, "torch", 90, "malloc")]
+    records = [rec(0, "synthjax", 100), rec(0, "synthjax", 110, "heap"), rec(0, "torch", 80), rec(0, "torch", 125, "malloc"),
+               rec(1, "synthjax", 90), rec(1, "synthjax", 85, "heap"), rec(1, "torch", 100), rec(1, "torch", 90, "malloc")]
     (row,) = compare.summarise(records, [case], 2)
-    assert row["median_ratio"] == (100 / 125 + 90 / 100) / 2
+    assert row["median_ratio"] == (110 / 125 + 90 / 100) / 2
+    assert row["median_ratio_default_only"] == (100 / 125 + 90 / 100) / 2
     assert row["torch_img_s_by_variant"] == {"eager": 90, "malloc": 107.5}
+    assert row["synthjax_img_s_by_variant"] == {"default config": 95, "heap": 97.5}
 
 
 def test_cli_batch_size_defaults_to_the_spec_or_the_config():
