@@ -644,8 +644,8 @@ def resolve_down_impl(impl: str, backend: str | None = None, dtype: Any = jnp.fl
     layer's input gradient is rarely needed (real images, encoder inputs) and
     its forward is the faster one, on the whole batch without chunking: the
     dcgan28 step took 0.978, 0.983, 0.984 and 0.954 of the time with
-    `gemm_vjp` there (four paired in-process runs of 14-16 rounds, tenth
-    session), vae_conv 0.993. `gemm_vjp` stays where oneDNN cannot run. On
+    `gemm_vjp` there (paired in-process runs of 14-16 rounds, two in the
+    ninth session and two in the tenth), vae_conv 0.993. `gemm_vjp` stays where oneDNN cannot run. On
     XLA:CPU `native` and `gemm_vjp` are the same computation to first order,
     but a gradient penalty differentiates the input gradient, a transposed
     conv, and that is ~10x faster through `up_gemm_vjp`.
