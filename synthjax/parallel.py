@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from synthjax.runtime import cpu_compiler_options
 
 AXIS = "data"
 MODES = ("shard_map", "pmap")
@@ -84,9 +83,7 @@ class DataParallel:
         # replication of the outputs is ensured by the pmean of gradients and metrics,
         # and tests compare against pmap and a single device.
         mapped = jax.shard_map(step, mesh=self.mesh, in_specs=(P(), P(AXIS), P()), out_specs=P(), check_vma=False)
-        # On CPU, XLA options measured faster for our models (runtime.py); pmap takes none.
-        options = cpu_compiler_options(self.mesh.devices.flat[0].platform)
-        return jax.jit(mapped, donate_argnums=donate, compiler_options=options)
+        return jax.jit(mapped, donate_argnums=donate)
 
     def compile_eval(self, fn: Callable) -> Callable:
         """Compile `fn(state, batch, key) -> metrics`, written per device; the state is not donated."""

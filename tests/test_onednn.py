@@ -108,5 +108,5 @@ def test_disabled_library_says_why(monkeypatch) -> None:
     assert "SYNTHJAX_ONEDNN=0" in onednn.unavailable_reason()
     with pytest.raises(RuntimeError, match="disabled by SYNTHJAX_ONEDNN=0"):
         onednn.conv(jnp.ones((1, 4, 4, 1)), jnp.ones((4, 4, 1, 1)), (2, 2), ((1, 1), (1, 1)))
-    from synthjax.models import layers
-    assert layers.resolve_up_impl("auto", backend="cpu") == "subpixel"  # the XLA formulations take over
+    from synthjax.models import formulations
+    assert formulations.plan("auto", backend="cpu")["up"].formulation == "subpixel"  # the XLA formulations take over
