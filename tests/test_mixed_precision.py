@@ -16,7 +16,7 @@ import pytest
 from tests.test_trainers import run_steps, setup
 
 FAMILIES = ["gan_mlp.py:smoke", "dcgan.py:smoke", "vae_mlp.py:smoke", "vae_conv.py:smoke", "vqvae.py:smoke",
-            "pixelrnn.py:smoke", "draw.py:smoke", "convlstm.py:smoke"]
+            "pixelrnn.py:smoke", "draw.py:smoke", "convlstm.py:smoke", "ddpm.py:smoke"]
 STEPS = 4
 
 

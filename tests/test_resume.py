@@ -15,7 +15,7 @@ from helpers import runs
 
 CONFIGS = ["configs/dcgan.py:smoke", "configs/vae_mlp.py:smoke"]
 # Families still being written join automatically once their config exists.
-OPTIONAL_CONFIGS = ["configs/pixelrnn.py:smoke"]
+OPTIONAL_CONFIGS = ["configs/pixelrnn.py:smoke", "configs/ddpm.py:smoke"]
 CONFIGS += [c for c in OPTIONAL_CONFIGS if os.path.exists(runs.config_path(c).partition(":")[0])]
 
 NUM_STEPS = 12
