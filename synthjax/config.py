@@ -35,7 +35,8 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             name="mnist_bundled",
             path="",
-            split="train",
+            split="train",  # what training reads
+            eval_split="test",  # what evaluation reads: eval_step, NLL, FID/KID/PR reference statistics
             image_size=0,  # 0: the dataset's own size
             binarize=False,
             skip_bad=False,

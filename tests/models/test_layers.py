@@ -6,20 +6,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from synthjax.kernels import onednn
+from helpers.onednn import ONEDNN, needs_onednn
 from synthjax.models import formulations, layers
 from synthjax.models.formulations import ConvChoice
 
 # (batch, H, W, Cin, Cout, use_bias), formulations: odd sizes, non-square, one output channel, no
 # bias. `onednn` only where its library is built (tests/test_onednn.py says when it must be).
-ONEDNN = ["onednn"] if onednn.available() else []
 UP_ALL = [f for f in formulations.UP_FORMULATIONS if f != "onednn" or ONEDNN]
 UP_CASES = [((3, 7, 7, 5, 4, True), UP_ALL), ((2, 14, 14, 3, 1, True), UP_ALL), ((3, 5, 6, 4, 2, False), UP_ALL)]
 DOWN_ALL = [f for f in formulations.DOWN_FORMULATIONS if f != "onednn" or ONEDNN]
 DOWN_CASES = [((3, 14, 14, 3, 4, True), DOWN_ALL), ((2, 28, 28, 1, 5, True), DOWN_ALL), ((3, 7, 9, 4, 1, False), DOWN_ALL)]
 
 
-needs_onednn = pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
 
 
 def reference_up(features: int, use_bias: bool = True) -> nn.Module:
