@@ -10,8 +10,8 @@ with gradient clipping at 1, EMA 0.999, batch 64, 3000 steps. Samples: 50
 DDIM steps from the EMA weights (`sample.sampler='ddpm'` with
 `sample.steps=1000` for ancestral sampling).
 `model.class_cond=True` trains with classifier-free guidance
-(`objective.label_dropout`, `sample.guidance`). The expected result on the
-bundled 10k MNIST digits is in the README's table.
+(`objective.label_dropout`, `sample.guidance`). Expected result: not yet
+measured.
 """
 import ml_collections
 

@@ -172,14 +172,14 @@ def test_samples_are_images_reproducible_from_the_seed_and_guidance_changes_them
 
 
 def test_log_likelihood_is_a_finite_bound_in_nats_per_image():
-    """An untrained model's bound lies between 0 and 8 bits/dim on 8-bit MNIST; stratified estimates scatter around the full sum."""
+    """Every term of -VLB is a KL or a discrete -log P, so the estimate is >= 0; stratified estimates average to the full sum."""
     trainer, dp, batches, state = setup("ddpm.py:smoke", ["objective.num_steps=20", "sample.steps=4"], devices=jax.devices()[:1])
     state = dp.host_state(state)
     x = next(batches)["image"][:4]
     ll = jax.jit(trainer.log_likelihood, static_argnums=3)
     full = np.asarray(ll(state, x, jax.random.key(0), 20))
     bits_per_dim = -full / (784 * np.log(2))
-    assert full.shape == (4,) and np.all(np.isfinite(full)) and np.all((bits_per_dim > 0) & (bits_per_dim < 8)), bits_per_dim
+    assert full.shape == (4,) and np.all(np.isfinite(full)) and np.all(bits_per_dim > 0), bits_per_dim
     strat = np.mean([np.asarray(ll(state, x, jax.random.key(k), 5)) for k in range(8)], axis=0)
     np.testing.assert_allclose(strat, full, rtol=0.1)
 
