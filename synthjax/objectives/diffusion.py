@@ -45,9 +45,13 @@ class Schedule(NamedTuple):
 
 
 def linear_betas(num_steps: int, start: float = 1e-4, end: float = 0.02) -> np.ndarray:
-    """Ho et al.'s linear schedule; the endpoints are for T = 1000 and are rescaled by 1000/T so abar_T stays ~0."""
+    """Ho et al.'s linear schedule; the endpoints are for T = 1000 and are rescaled by 1000/T so abar_T stays ~0.
+
+    Betas are capped at 0.999 as in the cosine schedule: for T <= 50 the rescaled end reaches 1, which
+    would make abar_T = 0 and x_0 = (x_T - sqrt(1 - abar_T) eps) / sqrt(abar_T) infinite.
+    """
     scale = 1000.0 / num_steps
-    return np.linspace(scale * start, scale * end, num_steps, dtype=np.float64)
+    return np.minimum(np.linspace(scale * start, scale * end, num_steps, dtype=np.float64), 0.999)
 
 
 def cosine_betas(num_steps: int, offset: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
