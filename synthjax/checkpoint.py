@@ -11,14 +11,20 @@ or missing files by itself, but a flipped byte inside a compressed chunk can
 decode to wrong numbers without any error; the checksum catches that.
 
 On restore the newest checkpoint that loads and matches its checksums is
-used. A damaged one is reported (a warning naming it and the one used
-instead) and moved to `checkpoints.damaged/`, never deleted: the run then
-continues from the older checkpoint and saves under the same step numbers
-again. A checkpoint of a different model (other parameter names or shapes)
-is refused with a `UserError` saying what differs, rather than skipped.
+used. A checkpoint whose contents are proven damaged (a checksum mismatch,
+an array or metadata file that does not decode) is reported (a warning
+naming it and the one used instead) and moved to `checkpoints.damaged/`,
+never deleted: the run then continues from the older checkpoint and saves
+under the same step numbers again. Any other failure while reading (an I/O
+error, out of memory, a sharding that does not fit these devices) says
+nothing about the files, so it stops the run with a `CheckpointUnreadable`
+error naming the step and the cause, and touches nothing. A checkpoint of a
+different model (other parameter names or shapes) is refused with a
+`UserError` saying what differs, rather than skipped.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -36,6 +42,41 @@ DAMAGED_DIR = "checkpoints.damaged"
 
 class DamagedCheckpoint(Exception):
     """A checkpoint whose files load but whose arrays do not match the checksums saved with them."""
+
+
+class CheckpointUnreadable(UserError):
+    """Reading a checkpoint failed for a reason that does not prove its files damaged; nothing was moved."""
+
+
+# Decoder errors of tensorstore/orbax that mean the bytes on disk are wrong (truncated, corrupted), as
+# opposed to the reader failing (I/O, memory, sharding). Matched against the messages of the exception chain.
+DAMAGE_MARKERS = ("DATA_LOSS", "OUT_OF_RANGE", "Truncated", "corrupt", "Corrupt", "Failed to decode", "Error decoding")
+NOT_DAMAGE_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "sharding", "Sharding")
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    """`e` and its causes/contexts, outermost first."""
+    out = []
+    while e is not None and e not in out:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def proves_damage(e: BaseException) -> bool:
+    """True only when the error shows the checkpoint's contents are damaged: a checksum mismatch, undecodable
+    metadata (bad JSON) or an array the decoder rejects. I/O errors, out-of-memory and sharding errors are not."""
+    chain = _chain(e)
+    text = " ".join(str(x) for x in chain)
+    if any(isinstance(x, MemoryError) for x in chain) or any(m in text for m in NOT_DAMAGE_MARKERS):
+        return False
+    if any(isinstance(x, DamagedCheckpoint) for x in chain):
+        return True
+    if any(isinstance(x, json.JSONDecodeError) for x in chain):
+        return True
+    if any(isinstance(x, OSError) for x in chain):
+        return False
+    return any(m in text for m in DAMAGE_MARKERS)
 
 
 class Checkpointer:
@@ -75,8 +116,9 @@ class Checkpointer:
 
         `target` holds arrays or `jax.ShapeDtypeStruct`s (with the shardings
         the restored arrays should have). A checkpoint that fails to load
-        (truncated, missing or corrupted files) is skipped with a warning
-        naming it and the one used instead, and moved aside; one whose
+        because its contents are damaged (see `proves_damage`) is skipped with a
+        warning naming it and the one used instead, and moved aside; any other
+        read failure raises `CheckpointUnreadable` and moves nothing; one whose
         parameter names or shapes differ from `target` raises a UserError.
         """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
@@ -90,7 +132,13 @@ class Checkpointer:
                 verify_checksums(restored["state"], restored["meta"].get("checksum"))
             except UserError:
                 raise
-            except Exception as e:  # orbax/tensorstore raise many kinds for damaged files
+            except Exception as e:  # orbax/tensorstore raise many kinds; only proven damage moves a checkpoint
+                if not proves_damage(e):
+                    raise CheckpointUnreadable(
+                        f"could not read checkpoint step {step} in {self.directory}: {type(e).__name__}: {str(e)[:300]}. "
+                        "This is not proven damage (an I/O error, out of memory or a sharding that does not fit these "
+                        "devices), so every checkpoint was left in place; fix the cause and rerun the same command"
+                    ) from e
                 failed.append((step, f"{type(e).__name__}: {str(e)[:200]}"))
                 continue
             if failed:

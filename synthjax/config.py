@@ -15,7 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from synthjax.errors import UserError
-from synthjax.runtime import ALLOCATOR_MODES
+from synthjax.tuning import ALLOCATOR_MODES
 
 PARALLEL_MODES = ("shard_map", "pmap")
 DTYPES = ("float32", "bfloat16")
@@ -62,7 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
             on_nonfinite="halt",
             progress=True,
             # glibc allocator setting on CPU: 'threshold', 'heap' (for steps with > 32 MiB of
-            # temporaries; measured per config), 'default' (synthjax/runtime.py). Process-wide,
+            # temporaries; measured per config), 'default' (synthjax/tuning.py). Process-wide,
             # applied when the run starts.
             cpu_allocator="threshold",
         )

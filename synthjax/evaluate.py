@@ -39,6 +39,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from synthjax import tuning
 from synthjax.errors import UserError
 from synthjax.images import to_uint8
 from synthjax.metrics import (
@@ -431,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="", help="result file (default WORKDIR/eval.json, replaced by each evaluation)")
     a = p.parse_args(argv)
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+    tuning.apply()
     try:
         result = evaluate_workdir(a.workdir, _settings_from_args(a), a.split, a.out)
     except UserError as e:

@@ -66,6 +66,7 @@ import ml_collections
 import numpy as np
 
 from synthjax import config as config_lib
+from synthjax import tuning
 from synthjax.errors import UserError
 
 SUMMARY = "sweep_summary.json"
@@ -215,12 +216,9 @@ def check_runs(runs: list[Run]) -> dict[str, Any]:
     """
     from synthjax.data import get_source
     from synthjax.parallel import DataParallel
-    from synthjax.runtime import tune_cpu_allocator
     from synthjax.train import check_inputs
     from synthjax.trainers import build_trainer
 
-    # Process-wide and only in full effect before jax starts its backend (synthjax/runtime.py): the first run's.
-    tune_cpu_allocator(runs[0].config.train.cpu_allocator)
     sources, trainers = {}, {}
     for run in runs:
         try:
@@ -678,6 +676,7 @@ def main(argv: list[str] | None = None) -> None:
         from absl import logging
 
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+        tuning.apply(config_lib.load_config(args.config, overrides).train.cpu_allocator)  # the first run's setting
         result = run_sweep(args.config, args.workdir, args.sweep or None, args.metric, args.vmap or False, overrides)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -41,8 +41,8 @@ from synthjax.checkpoint import Checkpointer
 from synthjax.data import build_pipeline, get_source, prefetch_to_device
 from synthjax.errors import UserError
 from synthjax.evaluate import periodic_evaluator
+from synthjax.models import formulations
 from synthjax.parallel import DataParallel
-from synthjax.runtime import tune_cpu_allocator
 from synthjax.trainers import build_trainer
 from synthjax.trainers.base import all_finite
 
@@ -283,6 +283,15 @@ def check_inputs(trainer, source) -> None:
         )
 
 
+def run_description(config: ml_collections.ConfigDict, trainer) -> str:
+    """The backend, devices, compute dtype, convolution formulations and XLA flags this run uses."""
+    convs = formulations.plan_for(config.model, trainer.dtype)
+    devices = f"{jax.device_count()} {jax.default_backend()} device(s)"
+    flags = os.environ.get("XLA_FLAGS", "") or "none"
+    return (f"{devices}, compute {jnp.dtype(trainer.dtype).name}; {formulations.summary_line(convs, trainer.dtype)}; "
+            f"XLA_FLAGS: {flags}")
+
+
 def state_sharding(dp: DataParallel) -> jax.sharding.Sharding:
     """Where one logical copy of the state lives: replicated over the mesh (shard_map) or on the first local device (pmap)."""
     if dp.mode == "pmap":
@@ -364,7 +373,6 @@ def divergence_message(policy_step: int, bad: tuple[int, dict[str, float]], last
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train `config` in `workdir`, resuming from its latest checkpoint; returns the final metrics."""
-    tune_cpu_allocator(config.train.cpu_allocator)  # before jax starts its backend (synthjax/runtime.py)
     dp = DataParallel(config.train.parallel)
     config_lib.validate(config, dp.num_devices)
     if dp.mode == "pmap" and jax.process_count() > 1:
@@ -376,6 +384,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     trainer = build_trainer(config, source.image_shape, source.num_classes)
     check_inputs(trainer, source)
     prepare_workdir(workdir, config)
+    if jax.process_index() == 0:
+        print(f"synthjax: {run_description(config, trainer)}")
     t = config.train
 
     pipeline = build_pipeline(source, t.batch_size, config.seed, trainer.preprocess, config.data.num_threads, config.data.prefetch)

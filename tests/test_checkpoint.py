@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from helpers import runs
 
-from synthjax.checkpoint import DAMAGED_DIR, Checkpointer, DamagedCheckpoint, checksums, verify_checksums
+from synthjax.checkpoint import (DAMAGED_DIR, Checkpointer, CheckpointUnreadable, DamagedCheckpoint, checksums,
+                                 proves_damage, verify_checksums)
 from synthjax.errors import UserError
 
 SAVE_FOREVER = os.path.join(runs.REPO, "tests", "helpers", "save_forever.py")
@@ -143,3 +144,54 @@ def test_checkpoint_half_written_by_a_kill_is_never_loaded(tmp_path):
     assert step == committed[-1] == meta["step"] and float(state["w03"][0]) == step * 100 + 3
     assert not runs.tmp_checkpoints(workdir)  # opening the directory cleared the leftover
     ckpt.close()
+
+
+def _xla_oom() -> Exception:
+    return RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1073741824 bytes.")
+
+
+@pytest.mark.parametrize(
+    "fault, what",
+    [
+        (lambda: OSError(5, "Input/output error"), "OSError"),
+        (lambda: MemoryError(), "MemoryError"),
+        (_xla_oom, "RESOURCE_EXHAUSTED"),
+        (lambda: ValueError("Sharding NamedSharding(mesh=...) is incompatible with the 3 devices of the checkpoint"), "Sharding"),
+    ],
+)
+def test_read_errors_that_do_not_prove_damage_stop_and_touch_nothing(tmp_path, monkeypatch, fault, what):
+    """An I/O error, OOM or sharding mismatch while restoring says nothing about the files: no checkpoint is moved."""
+    workdir = str(tmp_path)
+    save_steps(workdir, [1, 2])
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    ckpt = Checkpointer(workdir)
+
+    def failing_restore(step, args=None):
+        raise fault()
+
+    monkeypatch.setattr(ckpt.manager, "restore", failing_restore)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "moved aside" warning either
+        with pytest.raises(CheckpointUnreadable, match=rf"could not read checkpoint step 2 .*{what}.*left in place"):
+            ckpt.restore(state_for(0))
+    ckpt.close()
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+    assert not os.path.exists(os.path.join(workdir, DAMAGED_DIR))
+    assert restore(workdir)[2] == 2  # the same checkpoints load once the fault is gone
+
+
+def test_only_decoder_and_checksum_errors_prove_damage():
+    import json as json_lib
+
+    assert proves_damage(DamagedCheckpoint("checksum mismatch in w"))
+    assert proves_damage(json_lib.JSONDecodeError("Expecting ':'", "{", 1))
+    try:
+        try:
+            raise ValueError('OUT_OF_RANGE: Error reading "w/0" in OCDBT database: Requested byte range is not valid')
+        except ValueError as inner:
+            raise Exception("Encountered error while reading array index") from inner
+    except Exception as wrapped:
+        assert proves_damage(wrapped)  # the tensorstore cause is found behind orbax's wrapper
+    assert not proves_damage(OSError(28, "No space left on device"))
+    assert not proves_damage(_xla_oom())
+    assert not proves_damage(RuntimeError("something unexpected"))
