@@ -112,16 +112,26 @@ def finalize(config: ml_collections.ConfigDict, arg: str | None, smoke_overrides
 def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Load `configs/X.py[:arg]` and apply `key=value` overrides (as `--config.key=value` does)."""
     file, _, arg = path.partition(":")
-    if not os.path.exists(file):
-        raise UserError(f"config file {file!r} not found")
-    spec = importlib.util.spec_from_file_location(f"_synthjax_config_{os.path.basename(file)[:-3]}", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_config_module(file)
     config = module.get_config(arg or None)
     for item in overrides:
         key, _, value = item.partition("=")
         set_value(config, key, value)
     return config
+
+
+def _load_config_module(file: str):
+    """The Python module of a config file, refusing anything that is not a `.py` file defining `get_config`."""
+    if not os.path.exists(file):
+        raise UserError(f"config file {file!r} not found")
+    if not file.endswith(".py") or not os.path.isfile(file):
+        raise UserError(f"config {file!r} is not a .py file; pass a Python config such as configs/dcgan.py (optionally configs/dcgan.py:smoke)")
+    spec = importlib.util.spec_from_file_location(f"_synthjax_config_{os.path.basename(file)[:-3]}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise UserError(f"config file {file!r} defines no get_config(arg) function; add one returning the ConfigDict (see configs/dcgan.py)")
+    return module
 
 
 def set_value(config: ml_collections.ConfigDict, key: str, value: str) -> None:

@@ -65,6 +65,8 @@ def main(argv=None) -> None:
     try:
         if a.num <= 0:
             raise UserError(f"--num must be positive, got {a.num}")
+        if not a.out.endswith(".npz"):
+            raise UserError(f"--out {a.out!r} must end in .npz (numpy would write {a.out}.npz); e.g. --out {a.out}.npz")
         _, trainer, state, step = load_run(a.workdir)
         data = generate(trainer, state, a.num, a.seed)
     except UserError as e:

@@ -128,9 +128,9 @@ class ConvLSTMTrainer(Trainer):
         return jax.nn.sigmoid(self.model.apply({"params": state.params}, context))
 
     def display_sequences(self, count: int) -> np.ndarray:
-        """`count` whole sequences (count, T, H, W, 1) in [0, 1] from the end of the configured source (cached)."""
+        """`count` whole sequences (count, T, H, W, 1) in [0, 1] from the end of the held-out split (data.eval_split; cached)."""
         if count not in self._display:
-            source = get_source(self.config.data)
+            source = get_source(self.config.data, self.config.data.get("eval_split", "test"))
             require(
                 tuple(source.image_shape) == tuple(self.image_shape),
                 f"data.name={self.config.data.name!r} yields {source.image_shape}, the trainer was built for {self.image_shape}",
