@@ -30,7 +30,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.family = ""
     c.model.arch = ""
     c.objective = ml_collections.ConfigDict()
-    c.opt = ml_collections.ConfigDict(dict(lr=1e-3, b1=0.9, b2=0.999, grad_clip=0.0))
+    # lr is the peak rate; schedule: 'constant', 'linear' or 'cosine' decay to end_factor * lr over
+    # decay_steps updates (0: train.num_steps), after warmup_steps of linear warm-up (trainers/base.py lr_factor).
+    c.opt = ml_collections.ConfigDict(
+        dict(lr=1e-3, b1=0.9, b2=0.999, grad_clip=0.0, schedule="constant", warmup_steps=0, decay_steps=0, end_factor=0.0)
+    )
     c.data = ml_collections.ConfigDict(
         dict(
             name="mnist_bundled",

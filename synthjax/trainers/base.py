@@ -87,9 +87,58 @@ class Trainer(abc.ABC):
         """`num` images (N, H, W, C) in [0, 1] from the model (the EMA weights where there are some)."""
 
 
-def adam(opt_cfg: ml_collections.ConfigDict, lr: float) -> optax.GradientTransformation:
-    """Adam with the config's betas and optional global-norm gradient clipping."""
-    tx = optax.adam(lr, b1=opt_cfg.b1, b2=opt_cfg.b2)
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def lr_factor(opt_cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule | None:
+    """The learning-rate multiplier at each update (0-based count), or None for a constant rate.
+
+    `opt.schedule`: 'constant', 'linear' (1 -> opt.end_factor) or 'cosine'
+    (1 -> opt.end_factor along half a cosine), after `opt.warmup_steps` of
+    linear warm-up from 0. The whole schedule spans `opt.decay_steps`
+    updates, warm-up included (0: `train.num_steps`), as in optax's
+    `warmup_cosine_decay_schedule`; it holds its final value afterwards.
+    A multiplier of a separate peak rate, so the peak stays a traced, vmappable
+    value (trainers/vmappable.py) while the shape of the schedule is structural.
+    """
+    kind = opt_cfg.get("schedule", "constant")
+    if kind not in SCHEDULES:
+        raise unknown_name("learning-rate schedule", kind, SCHEDULES, key="opt.schedule")
+    warmup, end = opt_cfg.get("warmup_steps", 0), opt_cfg.get("end_factor", 0.0)
+    total = opt_cfg.get("decay_steps", 0) or num_steps
+    require(isinstance(warmup, int) and warmup >= 0, f"opt.warmup_steps must be an integer >= 0, got {warmup!r}")
+    require(0.0 <= end <= 1.0, f"opt.end_factor must lie in [0, 1] (a fraction of opt.lr), got {end!r}")
+    if kind == "constant" and warmup == 0:
+        return None
+    require(
+        isinstance(total, int) and total > warmup,
+        f"opt.decay_steps={total} (0: train.num_steps) must exceed opt.warmup_steps={warmup}; "
+        f"set --config.opt.decay_steps or lower --config.opt.warmup_steps",
+    )
+    decay = {
+        "constant": lambda n: optax.constant_schedule(1.0),
+        "linear": lambda n: optax.linear_schedule(1.0, end, n),
+        "cosine": lambda n: optax.cosine_decay_schedule(1.0, n, alpha=end),
+    }[kind](total - warmup)
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), decay], [warmup])
+
+
+def scheduled(lr: Any, factor: optax.Schedule | None, count: jax.Array) -> Any:
+    """`lr` times the schedule's multiplier at update `count` (`lr` itself for a constant rate)."""
+    return lr if factor is None else lr * factor(count)
+
+
+def adam(opt_cfg: ml_collections.ConfigDict, lr: float, num_steps: int = 0) -> optax.GradientTransformation:
+    """Adam with the config's betas, learning-rate schedule (`lr_factor`) and optional global-norm clipping.
+
+    `lr` is the peak rate. Trainers whose rate is a traced hyperparameter build
+    `adam(opt, 1.0)` and scale the unit updates by `scheduled(hp_lr, lr_factor(...), step)`
+    themselves; pass num_steps=0 there, which keeps this transformation unscheduled.
+    """
+    factor = lr_factor(opt_cfg, num_steps) if num_steps else None
+    tx = optax.adam(lr if factor is None else (lambda count: lr * factor(count)), b1=opt_cfg.b1, b2=opt_cfg.b2)
     if opt_cfg.grad_clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(opt_cfg.grad_clip), tx)
     return tx

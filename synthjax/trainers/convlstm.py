@@ -55,7 +55,7 @@ class ConvLSTMTrainer(Trainer):
         m = config.model
         self.context_frames, self.future_frames = m.context_frames, m.future_frames
         self.model = EncoderForecaster(m.hidden, m.layers, m.future_frames, m.kernel, m.patch, self.dtype)
-        self.tx = adam(config.opt, config.opt.lr)
+        self.tx = adam(config.opt, config.opt.lr, config.train.num_steps)
         self._display: dict[int, np.ndarray] = {}
 
     def _check(self, config) -> None:

@@ -55,7 +55,7 @@ from synthjax.errors import UserError
 from synthjax.models.gan import build_gan, merge_two_pass_stats, two_passes_mergeable
 from synthjax.objectives.gan import get_loss
 from synthjax.objectives.penalties import get_penalty
-from synthjax.trainers.base import Metrics, Trainer, adam, global_norm, register, require
+from synthjax.trainers.base import Metrics, Trainer, adam, global_norm, lr_factor, register, require, scheduled
 from synthjax.trainers.vmappable import HParams, apply_scaled, as_hparams, ema_hparams, ema_update
 
 
@@ -137,6 +137,7 @@ class GANTrainer(Trainer):
         )
         # Unit learning rates: the rates come from hparams() so they can be traced (vmapped) values.
         self.g_tx, self.d_tx = adam(config.opt, 1.0), adam(config.opt, 1.0)
+        self.lr_factor = lr_factor(config.opt, config.train.num_steps)  # opt.schedule, applied to both rates
 
     @property
     def preprocess(self) -> Preprocess:
@@ -265,7 +266,11 @@ class GANTrainer(Trainer):
         return self.train_step_with(self.hparams(), state, batch, key)
 
     def train_step_with(self, hp: HParams, state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, Metrics]:
-        """`train_step` with the numeric hyperparameters `hp` (see trainers/vmappable.py) as arguments."""
+        """`train_step` with the numeric hyperparameters `hp` (see trainers/vmappable.py) as arguments.
+
+        opt.schedule scales both learning rates by its multiplier at the generator step
+        (every critic update of one step uses the same rate)."""
+        hp = {**hp, **{k: scheduled(hp[k], self.lr_factor, state.step) for k in ("g_lr", "d_lr")}}
         key = jax.random.fold_in(key, state.step)
         reals, labels = self._critic_splits(batch)
         critic = Critic(state.d_params, state.d_stats, state.d_opt)

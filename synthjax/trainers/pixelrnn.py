@@ -51,7 +51,7 @@ class PixelRNNTrainer(Trainer):
             input_kernel=m.input_kernel,
             dtype=self.dtype,
         )
-        self.tx = adam(config.opt, config.opt.lr)
+        self.tx = adam(config.opt, config.opt.lr, config.train.num_steps)
         self.num_dims = math.prod(image_shape)
 
     def _check(self, config) -> None:

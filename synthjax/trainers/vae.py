@@ -26,7 +26,7 @@ from synthjax.data.pipeline import Preprocess
 from synthjax.models.vae import build_vae
 from synthjax.metrics import importance_weighted_log_likelihood
 from synthjax.objectives.vae import LOG_2PI, gaussian_kl, gaussian_log_weights, get_likelihood, iwae_bound, negative_elbo
-from synthjax.trainers.base import Metrics, Trainer, adam, global_norm, register, require
+from synthjax.trainers.base import Metrics, Trainer, adam, global_norm, lr_factor, register, require, scheduled
 from synthjax.trainers.vmappable import HParams, apply_scaled, as_hparams
 
 
@@ -60,6 +60,7 @@ class VAETrainer(Trainer):
             require(config.data.binarize, "objective.likelihood='bernoulli' models binary pixels: set data.binarize=True")
         self.model = build_vae(config.model, image_shape, self.likelihood.num_params, self.dtype)
         self.tx = adam(config.opt, 1.0)  # unit rate: the rate comes from hparams() as a traced value
+        self.lr_factor = lr_factor(config.opt, config.train.num_steps)  # opt.schedule, applied to that rate
         self.num_dims = math.prod(image_shape)
 
     def hparams(self) -> HParams:
@@ -111,7 +112,7 @@ class VAETrainer(Trainer):
         )(state.params)
         grads = parallel.pmean(grads)
         updates, opt = self.tx.update(grads, state.opt, state.params)
-        new_state = VAEState(step=state.step + 1, params=apply_scaled(state.params, updates, hp["lr"]), opt=opt)
+        new_state = VAEState(step=state.step + 1, params=apply_scaled(state.params, updates, scheduled(hp["lr"], self.lr_factor, state.step)), opt=opt)
         metrics = {
             "loss": loss,
             "rec": -jnp.mean(log_px_z),
