@@ -1,10 +1,24 @@
-"""Export samples from a trained run.
+"""Export samples, latent interpolations or reconstructions from a trained run.
 
-    python -m synthjax.sample --workdir runs/dcgan --num 10000 --seed 0 --out samples.npz
+    python -m synthjax.sample --workdir runs/dcgan --num 10000 --seed 0 --out samples.npz [--truncation 0.7]
+    python -m synthjax.sample --workdir runs/dcgan --mode interpolate --num 8 --steps 10 --out interp.npz
+    python -m synthjax.sample --workdir runs/vae_mlp --mode reconstruct --num 32 --out recon.npz
 
 Writes uint8 images (N, H, W, C) under the key `images` from the latest
-checkpoint (the EMA generator for GANs), plus a PNG grid of the first 64 next
-to the .npz. The same checkpoint and seed always give the same file.
+checkpoint (the EMA generator for GANs), plus a PNG grid next to the .npz.
+The same checkpoint and seed always give the same file.
+
+- `samples`: `--num` draws from the model. `--truncation T > 0` draws the
+  latents from a standard normal truncated to [-T, T] (the truncation trick
+  of BigGAN: smaller T, more typical and less varied images).
+- `interpolate`: `--num` rows of `--steps` images along the great circle
+  (slerp) between two latents drawn as for `samples`; the grid has a row per pair.
+- `reconstruct`: the first `--num` images of the test split
+  (`data.eval_split`) and their reconstructions (VAE: decode(mu(x))),
+  saved as `originals` and `images`; the grid alternates original rows and
+  reconstruction rows.
+Families without a latent space (e.g. PixelRNN) refuse the latter two with a
+one-line error.
 """
 from __future__ import annotations
 
@@ -53,29 +67,105 @@ def generate(trainer, state, num: int, seed: int, batch: int = 1000) -> np.ndarr
     return np.concatenate(chunks)[:num]
 
 
+MODES = ("samples", "interpolate", "reconstruct")
+
+
+def slerp(z0: np.ndarray, z1: np.ndarray, steps: int) -> np.ndarray:
+    """`steps` points from z0 to z1 (each (N, D)) along the great circle, (N, steps, D); linear when they are parallel."""
+    t = np.linspace(0.0, 1.0, steps)[None, :, None]
+    unit = lambda z: z / np.linalg.norm(z, axis=-1, keepdims=True)  # noqa: E731
+    omega = np.arccos(np.clip(np.sum(unit(z0) * unit(z1), -1), -1.0, 1.0))[:, None, None]
+    sin = np.sin(omega)
+    safe = np.where(sin < 1e-6, 1.0, sin)
+    curved = (np.sin((1 - t) * omega) * z0[:, None] + np.sin(t * omega) * z1[:, None]) / safe
+    straight = (1 - t) * z0[:, None] + t * z1[:, None]
+    return np.where(sin < 1e-6, straight, curved)
+
+
+def decode_in_batches(trainer, state, z: np.ndarray, batch: int = 1000) -> np.ndarray:
+    decode = jax.jit(trainer.decode_latents)
+    return np.concatenate([images.to_uint8(np.asarray(decode(state, z[i : i + batch]))) for i in range(0, len(z), batch)])
+
+
+def truncated_samples(trainer, state, num: int, seed: int, truncation: float) -> np.ndarray:
+    """`num` uint8 images from latents truncated to [-truncation, truncation]."""
+    z = np.asarray(trainer.sample_latents(jax.random.key(seed), num, truncation))
+    return decode_in_batches(trainer, state, z)
+
+
+def interpolations(trainer, state, rows: int, steps: int, seed: int, truncation: float = 0.0) -> np.ndarray:
+    """(rows * steps) uint8 images: each row walks from one latent to another (slerp)."""
+    if steps < 2:
+        raise UserError(f"--steps must be >= 2 for an interpolation (its two ends), got {steps}")
+    k0, k1 = jax.random.split(jax.random.key(seed))
+    z0 = np.asarray(trainer.sample_latents(k0, rows, truncation))
+    z1 = np.asarray(trainer.sample_latents(k1, rows, truncation))
+    path = slerp(z0, z1, steps).astype(np.float32)
+    return decode_in_batches(trainer, state, path.reshape(rows * steps, -1))
+
+
+def reconstructions(config, trainer, state, num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(originals, reconstructions), uint8, of the first `num` images of the held-out split."""
+    source = get_source(config.data, config.data.get("eval_split", "test"))
+    num = min(num, len(source))
+    originals = np.stack([source.records[i]["image"] for i in range(num)])
+    x = trainer.preprocess({"image": originals, "label": None}, np.random.default_rng(seed))["image"]
+    recon = np.asarray(jax.jit(trainer.reconstruct)(state, x))
+    return originals, images.to_uint8(recon)
+
+
+def interleave_rows(a: np.ndarray, b: np.ndarray, ncol: int) -> np.ndarray:
+    """Rows of `ncol` images taken alternately from a and b (originals above their reconstructions)."""
+    rows = []
+    for i in range(0, len(a), ncol):
+        rows += [a[i : i + ncol], b[i : i + ncol]]
+    return np.concatenate(rows)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True)
-    p.add_argument("--num", type=int, default=10000)
+    p.add_argument("--mode", default="samples", help=f"one of {', '.join(MODES)}")
+    p.add_argument("--num", type=int, default=10000, help="samples; interpolation rows; images to reconstruct")
+    p.add_argument("--steps", type=int, default=10, help="images per interpolation row")
+    p.add_argument("--truncation", type=float, default=0.0, help="truncate latents to [-T, T] (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.npz")
     a = p.parse_args(argv)
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     tuning.apply()
     try:
+        if a.mode not in MODES:
+            raise UserError(f"--mode {a.mode!r} is not one of {', '.join(MODES)}")
         if a.num <= 0:
             raise UserError(f"--num must be positive, got {a.num}")
         if not a.out.endswith(".npz"):
             raise UserError(f"--out {a.out!r} must end in .npz (numpy would write {a.out}.npz); e.g. --out {a.out}.npz")
-        _, trainer, state, step = load_run(a.workdir)
-        data = generate(trainer, state, a.num, a.seed)
+        if a.truncation < 0:
+            raise UserError(f"--truncation must be >= 0 (0: no truncation), got {a.truncation}")
+        config, trainer, state, step = load_run(a.workdir)
+        arrays, grid_images, ncol = export(a, config, trainer, state)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    np.savez_compressed(a.out, images=data)
+    np.savez_compressed(a.out, **arrays)
     grid = os.path.splitext(a.out)[0] + ".png"
-    images.save_png(grid, images.make_grid(data[:64]))
-    print(f"synthjax.sample: {len(data)} images {data.shape[1:]} from step {step} -> {a.out} (grid {grid})")
+    images.save_png(grid, images.make_grid(grid_images, ncol))
+    data = arrays["images"]
+    print(f"synthjax.sample: {a.mode}: {len(data)} images {data.shape[1:]} from step {step} -> {a.out} (grid {grid})")
+
+
+def export(a: argparse.Namespace, config, trainer, state) -> tuple[dict, np.ndarray, int | None]:
+    """(arrays for the .npz, images for the PNG grid, grid columns) of the requested mode."""
+    if a.mode == "interpolate":
+        data = interpolations(trainer, state, a.num, a.steps, a.seed, a.truncation)
+        return {"images": data}, data[: 16 * a.steps], a.steps
+    if a.mode == "reconstruct":
+        originals, recon = reconstructions(config, trainer, state, a.num, a.seed)
+        ncol = min(8, len(recon))
+        return {"images": recon, "originals": originals}, interleave_rows(originals[:64], recon[:64], ncol), ncol
+    data = truncated_samples(trainer, state, a.num, a.seed, a.truncation) if a.truncation else generate(trainer, state, a.num, a.seed)
+    return {"images": data}, data[:64], None
 
 
 if __name__ == "__main__":

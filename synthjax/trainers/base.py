@@ -86,6 +86,37 @@ class Trainer(abc.ABC):
     def sample(self, state: Any, key: jax.Array, num: int) -> jax.Array:
         """`num` images (N, H, W, C) in [0, 1] from the model (the EMA weights where there are some)."""
 
+    # Optional sampling tools (python -m synthjax.sample --mode ...). Families with a Gaussian
+    # latent override them; the defaults say plainly that this family has none.
+
+    def sample_latents(self, key: jax.Array, num: int, truncation: float = 0.0) -> jax.Array:
+        """`num` prior latents (N, D); with `truncation` T > 0, standard normals truncated to [-T, T]
+        (the truncation trick: fidelity for diversity)."""
+        raise self._unsupported("latent sampling (--truncation, --mode interpolate)")
+
+    def decode_latents(self, state: Any, z: jax.Array) -> jax.Array:
+        """Images (N, H, W, C) in [0, 1] for latents `z` from `sample_latents` (or between them)."""
+        raise self._unsupported("decoding latents (--truncation, --mode interpolate)")
+
+    def reconstruct(self, state: Any, x: jax.Array) -> jax.Array:
+        """Images (N, H, W, C) in [0, 1] reconstructed from images `x` preprocessed as `preprocess` says."""
+        raise self._unsupported("reconstruction (--mode reconstruct)")
+
+    def _unsupported(self, what: str) -> UserError:
+        return UserError(
+            f"model.family={self.family!r} does not support {what}: it has no latent space to draw from or encode into; "
+            f"use --mode samples without --truncation (interpolation: gan, vae, ...; reconstruction: vae, vqvae)"
+        )
+
+
+def truncated_normal(key: jax.Array, shape: tuple[int, ...], truncation: float) -> jax.Array:
+    """Standard normals, truncated to [-truncation, truncation] when it is > 0 (BigGAN's truncation trick)."""
+    if truncation < 0:
+        raise UserError(f"--truncation must be >= 0 (0: no truncation), got {truncation}")
+    if truncation == 0:
+        return jax.random.normal(key, shape)
+    return jax.random.truncated_normal(key, -truncation, truncation, shape)
+
 
 SCHEDULES = ("constant", "linear", "cosine")
 

@@ -55,7 +55,17 @@ from synthjax.errors import UserError
 from synthjax.models.gan import build_gan, merge_two_pass_stats, two_passes_mergeable
 from synthjax.objectives.gan import get_loss
 from synthjax.objectives.penalties import get_penalty
-from synthjax.trainers.base import Metrics, Trainer, adam, global_norm, lr_factor, register, require, scheduled
+from synthjax.trainers.base import (
+    Metrics,
+    Trainer,
+    adam,
+    global_norm,
+    lr_factor,
+    register,
+    require,
+    scheduled,
+    truncated_normal,
+)
 from synthjax.trainers.vmappable import HParams, apply_scaled, as_hparams, ema_hparams, ema_update
 
 
@@ -334,7 +344,15 @@ class GANTrainer(Trainer):
 
     def sample(self, state: GANState, key: jax.Array, num: int) -> jax.Array:
         """`num` images from the EMA generator; a conditional model cycles through the classes (0, 1, ..., 0, 1, ...)."""
-        z = jax.random.normal(key, (num, self.config.model.z_dim))
+        return self.decode_latents(state, jax.random.normal(key, (num, self.config.model.z_dim)))
+
+    def sample_latents(self, key: jax.Array, num: int, truncation: float = 0.0) -> jax.Array:
+        """Generator inputs z (num, z_dim), truncated to [-truncation, truncation] when it is > 0."""
+        return truncated_normal(key, (num, self.config.model.z_dim), truncation)
+
+    def decode_latents(self, state: GANState, z: jax.Array) -> jax.Array:
+        """The EMA generator's images in [0, 1] for inputs z; a conditional model cycles through the classes."""
+        num = z.shape[0]
         y = jnp.arange(num, dtype=jnp.int32) % self.num_labels if self.num_labels else None
         x = self.generator.apply({"params": state.ema_params, "batch_stats": state.g_stats}, z, y, train=False)
         return jnp.clip((x + 1.0) * 0.5, 0.0, 1.0)

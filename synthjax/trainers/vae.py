@@ -26,7 +26,17 @@ from synthjax.data.pipeline import Preprocess
 from synthjax.models.vae import build_vae
 from synthjax.metrics import importance_weighted_log_likelihood
 from synthjax.objectives.vae import LOG_2PI, gaussian_kl, gaussian_log_weights, get_likelihood, iwae_bound, negative_elbo
-from synthjax.trainers.base import Metrics, Trainer, adam, global_norm, lr_factor, register, require, scheduled
+from synthjax.trainers.base import (
+    Metrics,
+    Trainer,
+    adam,
+    global_norm,
+    lr_factor,
+    register,
+    require,
+    scheduled,
+    truncated_normal,
+)
 from synthjax.trainers.vmappable import HParams, apply_scaled, as_hparams
 
 
@@ -148,6 +158,18 @@ class VAETrainer(Trainer):
     def sample(self, state: VAEState, key: jax.Array, num: int) -> jax.Array:
         z = jax.random.normal(key, (num, self.config.model.latent))
         return self.decode_mean(state, z)
+
+    def sample_latents(self, key: jax.Array, num: int, truncation: float = 0.0) -> jax.Array:
+        """Prior latents z (num, latent), truncated to [-truncation, truncation] when it is > 0."""
+        return truncated_normal(key, (num, self.config.model.latent), truncation)
+
+    def decode_latents(self, state: VAEState, z: jax.Array) -> jax.Array:
+        return self.decode_mean(state, z)
+
+    def reconstruct(self, state: VAEState, x: jax.Array) -> jax.Array:
+        """The decoder's mean image at the posterior mean: decode(mu(x)), a deterministic reconstruction."""
+        mu, _ = self.encode(state, x)
+        return self.decode_mean(state, mu)
 
     def log_likelihood(self, state: VAEState, x: jax.Array, key: jax.Array, num_samples: int) -> jax.Array:
         """IWAE estimate of log p(x) in nats per image, shape (B,), from `num_samples` draws z_k ~ q(z|x).
