@@ -307,3 +307,29 @@ class InceptionFeatureExtractor(FeatureExtractor):
         """Run one batch through the jitted network."""
         out = _forward(self.variables, jnp.asarray(images))
         return {"features": out["pool"], "logits": out["logits"], "logits_unbiased": out["logits_unbiased"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m synthjax.metrics.inception fetch [--out PATH] [--url URL] [--sha256 HEX]`."""
+    import argparse
+    import sys
+
+    from synthjax.metrics import convert_inception
+    from synthjax.metrics.classifier import cache_dir
+
+    parser = argparse.ArgumentParser(description="Fetch, check and convert pytorch-fid's FID Inception weights")
+    parser.add_argument("command", choices=["fetch"])
+    parser.add_argument("--out", default=str(cache_dir() / "inception_fid.npz"), help="converted npz (default: the evaluate default)")
+    parser.add_argument("--url", default=convert_inception.PYTORCH_FID_URL)
+    parser.add_argument("--sha256", default=convert_inception.PYTORCH_FID_SHA256_PREFIX, help="expected sha256 (or its start) of the .pth")
+    args = parser.parse_args(argv)
+    try:
+        convert_inception.fetch(args.out, args.url, args.sha256)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -122,3 +122,26 @@ def test_converter_cli_reports_a_missing_torch_file(tmp_path, capsys):
     assert code == 2
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "out.npz").exists()
+
+
+def test_fetch_downloads_checks_and_converts_through_a_file_url(tmp_path, capsys):
+    """`python -m synthjax.metrics.inception fetch` offline: a local pytorch-fid style .pth through file://."""
+    torch = pytest.importorskip("torch")
+    fixture = tmp_path / "pt_inception-fixture.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in _zero_state_dict().items()}, fixture)
+    digest = inception.file_sha256(fixture)
+    url, out = fixture.as_uri(), tmp_path / "cache" / "inception_fid.npz"
+
+    assert inception.main(["fetch", "--url", url, "--sha256", "0" * 64, "--out", str(out)]) == 2
+    assert f"has sha256 {digest}, expected 0000" in capsys.readouterr().err and not out.exists()
+    assert not [p for p in out.parent.iterdir()]  # no partial files left behind
+
+    assert inception.main(["fetch", "--url", url, "--sha256", digest[:12], "--out", str(out)]) == 0
+    variables, npz_hash = inception.load_inception_variables(out)
+    assert "Mixed_7c" in variables["params"] and len(npz_hash) == 64
+    # Cached: a second fetch does not download (the URL is gone) and keeps the file.
+    fixture.unlink()
+    assert inception.main(["fetch", "--url", url, "--out", str(out)]) == 0
+    assert "already at" in capsys.readouterr().out
+    assert inception.main(["fetch", "--url", url, "--out", str(tmp_path / "other.npz")]) == 2
+    assert "cannot download file://" in capsys.readouterr().err
