@@ -84,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
             nll_num=500,  # dataset images for the nll metric
             num_ref=0,  # reference images; 0: the whole dataset
             seed=0,  # sample seed, fixed so successive evaluations differ only by the model
+            resize="pytorch_fid",  # Inception input resize: 'pytorch_fid' (bilinear) or 'clean' (clean-fid's bicubic)
         )
     )
     return c

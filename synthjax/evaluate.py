@@ -77,6 +77,7 @@ class EvalSettings:
     nll_num: int = 1000
     num_ref: int = 0  # 0: every image of the dataset
     seed: int = 0
+    resize: str = "pytorch_fid"  # Inception input resize: 'pytorch_fid' (bilinear) or 'clean' (clean-fid's bicubic)
 
 
 def parse_metrics(text: str) -> tuple[str, ...]:
@@ -107,7 +108,7 @@ def validate_settings(s: EvalSettings, where: str = "--") -> EvalSettings:
 # ----------------------------------------------------------------------------- extractors
 
 
-def load_extractor(name: str, weights: str = "", log: Callable[[str], None] = print) -> FeatureExtractor:
+def load_extractor(name: str, weights: str = "", log: Callable[[str], None] = print, resize: str = "pytorch_fid") -> FeatureExtractor:
     """The named feature extractor; the MNIST classifier is trained into the cache on first use.
 
     An explicit `weights` path must exist (a missing file raises with the
@@ -118,7 +119,7 @@ def load_extractor(name: str, weights: str = "", log: Callable[[str], None] = pr
         path = weights or classifier_lib.ensure_default_weights(log=log)
         return classifier_lib.ClassifierFeatureExtractor.from_npz(path)
     if name == "inception":
-        return InceptionFeatureExtractor.from_npz(weights or classifier_lib.cache_dir() / INCEPTION_FILE)
+        return InceptionFeatureExtractor.from_npz(weights or classifier_lib.cache_dir() / INCEPTION_FILE, resize=resize)
     raise UserError(f"unknown extractor {name!r}; valid: {', '.join(EXTRACTORS)}")
 
 
@@ -290,7 +291,7 @@ class Evaluator:
     def _prepare_features(self) -> None:
         s = self.settings
         num_ref = min(s.num_ref or len(self.source), len(self.source))
-        self.extractor = load_extractor(s.extractor, s.weights, self.log)
+        self.extractor = load_extractor(s.extractor, s.weights, self.log, s.resize)
         check_compatible(self.extractor, self.source.image_shape, self.source.name)
         check_sample_counts(self.sample_metrics, s.num, num_ref, self.extractor)
         load = lambda: to_extractor_input(dataset_images(self.source, num_ref), self.extractor)  # noqa: E731
@@ -359,6 +360,7 @@ def settings_from_config(eval_cfg: ml_collections.ConfigDict) -> EvalSettings:
         metrics=parse_metrics(eval_cfg.metrics) if eval_cfg.metrics else None,
         num=eval_cfg.num, extractor=eval_cfg.extractor, weights=eval_cfg.weights,
         iwae_k=eval_cfg.iwae_k, nll_num=eval_cfg.nll_num, num_ref=eval_cfg.num_ref, seed=eval_cfg.seed,
+        resize=eval_cfg.get("resize", "pytorch_fid"),
     )
     return validate_settings(s, where="eval.")
 
@@ -409,7 +411,7 @@ def _settings_from_args(a: argparse.Namespace) -> EvalSettings:
     return EvalSettings(
         metrics=parse_metrics(a.metrics) if a.metrics else None, num=a.num, extractor=a.extractor,
         weights=a.inception_weights or a.classifier_weights, iwae_k=a.iwae_k, nll_num=a.nll_num,
-        num_ref=a.num_ref, seed=a.seed,
+        num_ref=a.num_ref, seed=a.seed, resize=a.resize,
     )
 
 
@@ -429,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-ref", type=int, default=0, help="reference images (0: the whole dataset)")
     p.add_argument("--split", default="", help="dataset split for references and nll (default: the run's data.eval_split, 'test')")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resize", default="pytorch_fid", help="Inception input resize: pytorch_fid (bilinear, as papers) or clean (clean-fid)")
     p.add_argument("--out", default="", help="result file (default WORKDIR/eval.json, replaced by each evaluation)")
     a = p.parse_args(argv)
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from synthjax import metrics
+from synthjax.errors import UserError
 from synthjax.metrics import convert_inception, inception
 
 
@@ -145,3 +146,24 @@ def test_fetch_downloads_checks_and_converts_through_a_file_url(tmp_path, capsys
     assert "already at" in capsys.readouterr().out
     assert inception.main(["fetch", "--url", url, "--out", str(tmp_path / "other.npz")]) == 2
     assert "cannot download file://" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [32, 600])
+def test_clean_resize_matches_pil_bicubic(size):
+    from PIL import Image
+
+    x = np.random.default_rng(0).integers(0, 256, (size, size - 17)).astype(np.float32)
+    ref = np.asarray(Image.fromarray(x, mode="F").resize((299, 299), resample=Image.BICUBIC))
+    got = np.asarray(inception.resize_clean(jnp.asarray(x / 255.0)[None, ..., None]))[0, ..., 0] * 255.0
+    inner = slice(2, -2)  # PIL clips to [0, 255] only afterwards; interior values are unclipped on both sides
+    np.testing.assert_allclose(np.clip(got, 0, 255)[inner, inner], np.clip(ref, 0, 255)[inner, inner], atol=0.02)
+
+
+def test_resize_option_is_named_in_the_extractor(tmp_path):
+    path = tmp_path / "w.npz"
+    np.savez(path, **convert_inception.convert_state_dict(_zero_state_dict()))
+    default = metrics.InceptionFeatureExtractor.from_npz(path)
+    clean = metrics.InceptionFeatureExtractor.from_npz(path, resize="clean")
+    assert default.name == "inception-v3-fid-2015-12-05" and clean.name.endswith("-resize-clean")
+    with pytest.raises(UserError, match="unknown resize 'area'; valid: pytorch_fid, clean"):
+        metrics.InceptionFeatureExtractor.from_npz(path, resize="area")
