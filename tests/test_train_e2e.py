@@ -25,8 +25,8 @@ def test_train_smoke_leaves_metrics_samples_and_checkpoints(config, tmp_path):
     assert "synthjax:" in result.stdout and "step 6/6" in result.stdout
     lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in lines if "eval/" not in "".join(r)] == [2, 4, 6]
-    assert all(np.isfinite(v) for r in lines for v in r.values())
-    assert any(k.startswith("eval/") for k in lines[-1])
+    assert all(np.isfinite(v) for r in lines for k, v in r.items() if k != "eval/split")
+    assert any(k.startswith("eval/") for k in lines[-1]) and lines[-1]["eval/split"] == "test"  # held out
     assert sorted(os.listdir(os.path.join(workdir, "samples"))) == ["step_0000003.png", "step_0000006.png"]
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
     assert os.listdir(os.path.join(workdir, "tensorboard"))
