@@ -81,6 +81,14 @@ def base_config() -> ml_collections.ConfigDict:
             seed=0,  # sample seed, fixed so successive evaluations differ only by the model
         )
     )
+    # Stacks: runs that differ only in seed or numeric hyperparameters trained as one vmapped
+    # program (python -m synthjax.sweep --vmap; synthjax/stack.py).
+    c.sweep = ml_collections.ConfigDict(
+        dict(
+            shared_data_order=False,  # True: every member reads the data order of the first member's seed
+            member_shards=1,  # devices along the mesh's `members` axis (the rest form the `data` axis)
+        )
+    )
     return c
 
 
