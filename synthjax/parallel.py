@@ -71,14 +71,18 @@ def make_mesh(devices=None, member_shards: int = 1) -> Mesh:
     return Mesh(devices.reshape(member_shards, -1), (MEMBERS, AXIS))
 
 
-def member_block(x: jax.Array) -> jax.Array:
-    """This device's block of members of a replicated per-member array (leading axis); all of it without a members axis."""
+def member_block(tree: Any) -> Any:
+    """This device's block of members of replicated per-member arrays (leading axis); all of them without a members axis."""
     try:
         shards = jax.lax.psum(1, MEMBERS)
     except NameError:  # no members axis in this mesh
-        return x
-    n = x.shape[0] // shards
-    return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(MEMBERS) * n, n)
+        return tree
+
+    def block(x):
+        n = x.shape[0] // shards
+        return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(MEMBERS) * n, n)
+
+    return jax.tree.map(block, tree)
 
 
 class DataParallel:

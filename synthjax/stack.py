@@ -65,7 +65,8 @@ def guard_nonfinite(step: Callable, policy: str) -> Callable:
     return guarded
 
 
-def _stack(trees: Sequence[Any]) -> Any:
+def stack_trees(trees: Sequence[Any]) -> Any:
+    """Trees of equal structure stacked leaf by leaf on a new leading axis."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
@@ -83,7 +84,7 @@ class Stack:
                 f"model.family={self.trainer.family!r} cannot train a stack of members (its trainer has no "
                 "train_step_with); run the members one by one (python -m synthjax.sweep without --vmap)"
             )
-        self.hparams = _stack([t.hparams() for t in self.trainers]) if self.size > 1 else None
+        self.hparams = stack_trees([t.hparams() for t in self.trainers]) if self.size > 1 else None
 
     @property
     def family(self) -> str:
