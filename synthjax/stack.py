@@ -65,6 +65,26 @@ def guard_nonfinite(step: Callable, policy: str) -> Callable:
     return guarded
 
 
+def stack_configs(configs: Sequence[Any], backend: str, log: Callable[[str], None] = print) -> list:
+    """The members' configs with `sweep.cpu_stack_overrides` applied when several members run on CPU (said in the log)."""
+    from synthjax import config as config_lib
+
+    spec = configs[0].sweep.cpu_stack_overrides
+    if len(configs) == 1 or backend != "cpu" or not spec:
+        return list(configs)
+    out = []
+    for c in configs:
+        c = c.copy_and_resolve_references()
+        c.unlock()
+        for item in filter(None, (x.strip() for x in spec.split(";"))):
+            key, _, value = item.partition("=")
+            config_lib.set_value(c, key, value)
+        c.lock()
+        out.append(c)
+    log(f"synthjax: a stack of {len(configs)} members on CPU: applying sweep.cpu_stack_overrides={spec!r}")
+    return out
+
+
 def stack_trees(trees: Sequence[Any]) -> Any:
     """Trees of equal structure stacked leaf by leaf on a new leading axis."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)

@@ -43,7 +43,7 @@ from synthjax.errors import UserError
 from synthjax.evaluate import periodic_evaluator
 from synthjax.parallel import DataParallel, make_mesh
 from synthjax.runtime import tune_cpu_allocator
-from synthjax.stack import NONFINITE, Stack, guard_nonfinite  # noqa: F401  (guard_nonfinite: re-exported for bench)
+from synthjax.stack import NONFINITE, Stack, guard_nonfinite, stack_configs  # noqa: F401  (guard_nonfinite: re-exported for bench)
 from synthjax.trainers import build_trainer
 
 # Keys whose change makes an existing checkpoint meaningless for this config.
@@ -421,6 +421,8 @@ def train_stack(configs: list[ml_collections.ConfigDict], workdir: str, names: l
     """
     config = configs[0]
     tune_cpu_allocator(config.train.cpu_allocator)  # before jax starts its backend (synthjax/runtime.py)
+    configs = stack_configs(configs, jax.default_backend())
+    config = configs[0]
     dp = make_parallel(config, len(configs))
     for c in configs:
         config_lib.validate(c, dp.data_shards)
