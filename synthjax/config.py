@@ -53,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
             sample_every=500,
             ckpt_every=500,
             keep=3,
+            # Also keep the best checkpoint by a periodic evaluation metric (e.g. 'fid', 'neg_elbo': any
+            # eval/<name> the run logs) in checkpoints.best/; '': off. Lower is better except for is, precision, recall.
+            keep_best="",
             eval_every=0,  # 0: evaluate only at the end
             eval_batches=4,
             num_grid=64,  # images in each sample grid

@@ -25,8 +25,12 @@ from synthjax.errors import UserError
 from synthjax.trainers import build_trainer
 
 
-def load_run(workdir: str):
-    """(config, trainer, state, step) of the latest checkpoint in `workdir`."""
+CHECKPOINTS = {"latest": "checkpoints", "best": "checkpoints.best"}
+
+
+def load_run(workdir: str, checkpoint: str = "latest"):
+    """(config, trainer, state, step) of the latest checkpoint in `workdir`, or of the best one
+    (`checkpoint='best'`, kept by train.keep_best)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise UserError(f"{workdir!r} is not a synthjax workdir (no config.json); pass the --workdir used for training")
@@ -38,7 +42,12 @@ def load_run(workdir: str):
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shapes = jax.eval_shape(trainer.create_state, jax.random.key(0))
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
-    restored = Checkpointer(workdir, keep=config.train.keep).restore(target)
+    if checkpoint not in CHECKPOINTS:
+        raise UserError(f"--checkpoint {checkpoint!r}: expected one of {', '.join(CHECKPOINTS)}")
+    restored = Checkpointer(workdir, keep=config.train.keep, name=CHECKPOINTS[checkpoint]).restore(target)
+    if restored is None and checkpoint == "best":
+        raise UserError(f"no best checkpoint in {workdir!r}; train with --config.train.keep_best=METRIC and eval.every > 0 "
+                        "(or --config.train.eval_every), or use --checkpoint latest")
     if restored is None:
         raise UserError(f"no checkpoint in {workdir!r}; train first with python train.py --workdir {workdir}")
     state, _, step = restored
@@ -59,12 +68,14 @@ def main(argv=None) -> None:
     p.add_argument("--num", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.npz")
+    p.add_argument("--checkpoint", default="latest", choices=sorted(CHECKPOINTS),
+                   help="latest, or best: the one kept by train.keep_best")
     a = p.parse_args(argv)
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     try:
         if a.num <= 0:
             raise UserError(f"--num must be positive, got {a.num}")
-        _, trainer, state, step = load_run(a.workdir)
+        _, trainer, state, step = load_run(a.workdir, a.checkpoint)
         data = generate(trainer, state, a.num, a.seed)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

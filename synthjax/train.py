@@ -474,6 +474,41 @@ def prepare_members(workdir: str, configs: list, names: list[str] | None) -> lis
     return names
 
 
+HIGHER_IS_BETTER = ("is", "precision", "recall")
+BEST_DIR = "checkpoints.best"
+
+
+class BestCheckpoint:
+    """`train.keep_best=METRIC`: the checkpoint with the best value of eval/METRIC so far, in checkpoints.best/.
+
+    The best value is read back from that checkpoint's metadata, so it survives
+    a resume. Only evaluations of a single run count (a stack's members would
+    each need their own best state).
+    """
+
+    def __init__(self, workdir: str, metric: str, members: int):
+        self.metric = metric if metric.startswith("eval/") else f"eval/{metric}"
+        if members > 1:
+            raise UserError(f"train.keep_best={metric!r} keeps one run's best checkpoint; a stack of {members} members "
+                            "cannot (set train.keep_best='' for stacks, or run the members one by one)")
+        self.sign = -1.0 if self.metric.removeprefix("eval/") in HIGHER_IS_BETTER else 1.0
+        self.checkpointer = Checkpointer(workdir, keep=1, name=BEST_DIR)
+        last = self.checkpointer.latest_step()
+        self.value = self.checkpointer.read_meta(last)["best"]["value"] if last is not None else None
+
+    def offer(self, step: int, values: dict[str, float], state: Any, meta: dict) -> None:
+        """Save `state` as the best when `values` hold the metric and it beats the best so far."""
+        value = values.get(self.metric)
+        if value is None or not np.isfinite(value):
+            return
+        if self.value is None or self.sign * value < self.sign * self.value:
+            self.value = value
+            self.checkpointer.save(step, state, {**meta, "best": {"metric": self.metric, "value": value, "step": step}})
+
+    def close(self) -> None:
+        self.checkpointer.close()
+
+
 class StackRun:
     """One training run of a stack: its state, data, writers and the cadences of the loop.
 
@@ -499,6 +534,7 @@ class StackRun:
         # FID/KID/IS/PR/NLL at eval.every steps; None when off. Built before step 1 so a bad eval config fails fast.
         log = print if self.is_main else lambda _: None
         self.sample_evals = [periodic_evaluator(c, tr, log=log) for c, tr in zip(configs, stack.trainers)]
+        self.best = BestCheckpoint(workdir, t.keep_best, stack.size) if t.keep_best else None
         self.last_good = self.checkpointer.latest_step()
         self.reported: set[int] = set(stack.diverged(self.state))
 
@@ -521,6 +557,8 @@ class StackRun:
 
     def close(self) -> None:
         self.checkpointer.close()  # waits for an async save in flight, so the last checkpoint is complete
+        if getattr(self, "best", None) is not None:
+            self.best.close()
         if hasattr(self, "writer"):
             self.writer.close()
 
@@ -563,10 +601,10 @@ class StackRun:
         if step % t.log_every == 0 or step == t.num_steps:
             self._log(step, progress)
         if t.eval_every and step % t.eval_every == 0:
-            self._write_members(step, self.run_eval())
+            self._write_evals(step, self.run_eval(), data_state)
         if self.sample_evals[0] is not None and self.sample_evals[0].due(step, t.num_steps):
             if self.is_main:  # host-only work, no collectives
-                self._write_members(step, [ev(self.member_state(i)) for i, ev in enumerate(self.sample_evals)])
+                self._write_evals(step, [ev(self.member_state(i)) for i, ev in enumerate(self.sample_evals)], data_state)
             # The other processes wait here rather than inside the next step's all-reduce,
             # which gloo (CPU collectives) abandons after 30 s.
             barrier(f"synthjax_sample_eval_{step}")
@@ -578,6 +616,13 @@ class StackRun:
     def _write_members(self, step: int, values: list[dict[str, float]]) -> None:
         for i, v in enumerate(values):
             self.writer.write(step, v, i)
+
+    def _write_evals(self, step: int, values: list[dict[str, float]], data_state) -> None:
+        """Evaluation results to the logs, and to the best checkpoint when asked (train.keep_best)."""
+        self._write_members(step, values)
+        if self.best is not None:
+            meta = {"data": data_state, "step": step, "family": self.stack.family, "window": []}
+            self.best.offer(step, values[0], self.dp.host_state(self.state), meta)
 
     def _log(self, step: int, progress) -> None:
         self.check_finite(step)
