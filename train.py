@@ -101,12 +101,15 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     init_distributed()
 
+    from synthjax import tuning
     from synthjax.config import load_config
     from synthjax.errors import UserError
     from synthjax.train import train_and_evaluate
 
     try:
-        train_and_evaluate(load_config(FLAGS.config, _overrides), FLAGS.workdir)
+        config = load_config(FLAGS.config, _overrides)
+        tuning.apply(config.train.cpu_allocator)  # process-level CPU tuning, before jax starts its backend
+        train_and_evaluate(config, FLAGS.workdir)
     except UserError as e:
         fail(str(e))
     except KeyboardInterrupt:

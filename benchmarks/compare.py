@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from synthjax.runtime import ALLOCATOR_ENV
+from synthjax.tuning import ALLOCATOR_ENV
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PEER = os.path.join(os.path.dirname(REPO), "shared", "bench", "peers", "torch_peer.py")
@@ -52,7 +52,7 @@ def parse_case(text: str) -> tuple[str, int, str]:
     return parts[0], int(parts[1]) if len(parts) > 1 else 128, parts[2] if len(parts) > 2 else "float32"
 
 
-# The glibc allocator settings synthjax applies to itself on CPU (synthjax/runtime.py: 'threshold' by
+# The glibc allocator settings synthjax applies to itself on CPU (synthjax/tuning.py: 'threshold' by
 # default, 'heap' or glibc's own 'default' where a config asks), given to the peer through glibc's
 # environment variables, so that neither side has one alone. PyTorch gains from 'heap' where
 # synthjax does not (vae_mlp).

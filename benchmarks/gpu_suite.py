@@ -38,7 +38,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from synthjax import bench  # noqa: E402
-from synthjax.models import layers  # noqa: E402
+from synthjax.models import formulations, layers  # noqa: E402
+from synthjax.models.formulations import ConvChoice  # noqa: E402
 
 T0 = time.perf_counter()
 
@@ -53,9 +54,8 @@ LAYER_CASES = [
     ("dcgan64.down", "down", 256, 32, 64, 128, ("bfloat16", "float32")),
     ("dcgan28.down", "down", 1024, 14, 64, 128, ("float32",)),
 ]
-UP_CANDIDATES = ("native", "phase_conv", "im2col3x3", "phase_matmul", "gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im",
-                 "subpixel3x3")
-DOWN_CANDIDATES = ("native", "s2d_conv", "s2d_matmul", "gemm_vjp", "s2d3x3")
+UP_CANDIDATES = tuple(f for f in formulations.UP_FORMULATIONS if f != "onednn")
+DOWN_CANDIDATES = tuple(f for f in formulations.DOWN_FORMULATIONS if f != "onednn")
 
 # (workload, batch, dtype) in order of importance; the peer runs the reference workloads.
 STEP_CASES = [
@@ -100,7 +100,7 @@ def layer_fwd_bwd(kind: str, impl: str):
     conv = layers.up_conv2x if kind == "up" else layers.down_conv2x
 
     def loss(x, k, g):
-        return jnp.vdot(conv(x, k, impl).astype(jnp.float32), g)
+        return jnp.vdot(conv(x, k, ConvChoice(impl)).astype(jnp.float32), g)
 
     return jax.jit(jax.grad(loss, argnums=(0, 1)))
 

@@ -27,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from synthjax.kernels import onednn
-from synthjax.models import layers
-from synthjax.runtime import cpu_compiler_options
+from synthjax.models import formulations, layers
+from synthjax.models.formulations import ConvChoice
+from synthjax.tuning import cpu_compiler_options
 
 # name: (kind, Cin, Cout, input H=W) for the dcgan28 workload of bench/SPEC.md ...
 DCGAN28_LAYERS = {
@@ -59,10 +60,12 @@ def onednn_runs(dtype: Any) -> bool:
 
 def candidates(kind: str, cout: int, dtype: Any) -> dict[str, nn.Module]:
     """Flax's own layer first, then every concrete impl of ours."""
-    cls, impls = (layers.UpConv2x, layers.UP_IMPLS) if kind == "up" else (layers.DownConv2x, layers.DOWN_IMPLS)
+    cls, impls = ((layers.UpConv2x, formulations.UP_FORMULATIONS) if kind == "up"
+                  else (layers.DownConv2x, formulations.DOWN_FORMULATIONS))
     mods = {"flax": flax_reference(kind, cout, dtype)}
-    runnable = [impl for impl in impls if impl != "auto" and (impl != "onednn" or onednn_runs(dtype))]
-    mods.update({impl: cls(cout, dtype=dtype, impl=impl) for impl in runnable})
+    runnable = [impl for impl in impls if impl != "onednn" or onednn_runs(dtype)]
+    chunk = formulations.CPU_BATCH_CHUNK
+    mods.update({impl: cls(cout, dtype=dtype, conv=ConvChoice(impl, None if impl == "onednn" else chunk)) for impl in runnable})
     return mods
 
 
@@ -162,8 +165,8 @@ def bench_layer(name: str, batch: int, dtype: Any, reps: int, skip_slow: bool, r
         t = times.get((impl, what))
         return f"{1e3 * statistics.median(t):9.1f} {1e3 * min(t):8.1f}" if t else f"{'-':>9s} {'-':>8s}"
 
-    auto = (layers.resolve_up_impl("auto", features=cout, dtype=dtype) if kind == "up"
-            else layers.resolve_down_impl("auto", dtype=dtype))
+    role = {"up": "out" if cout < 8 else "up", "down": "in" if cin < 8 else "down"}[kind]
+    auto = formulations.plan("auto", dtype)[role].formulation
     label = f"{name} {cin}->{cout} {hw}->{out_hw}"
     print(f"{label}: auto = {auto}")
     for impl, r in rows.items():

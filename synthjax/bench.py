@@ -27,11 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from synthjax import tuning
 from synthjax.config import load_config
 from synthjax.data import get_source
 from synthjax.data.sources import TFDS_DATASETS, tfds_image_shape
+from synthjax.models import formulations
 from synthjax.parallel import DataParallel
-from synthjax.runtime import tune_cpu_allocator
 from synthjax.stack import Stack, guard_nonfinite, stack_configs
 from synthjax.trainers import build_trainer
 
@@ -128,7 +129,6 @@ class PreparedStep:
 def prepare(workload: str, batch_size: int, dtype: str = "float32", overrides: Sequence[str] = ()) -> PreparedStep:
     """Builds and compiles the train step `train.py` would run for a workload."""
     config, image_shape = workload_config(workload, batch_size, dtype, overrides)
-    tune_cpu_allocator(config.train.cpu_allocator)  # before jax starts its backend (synthjax/runtime.py)
     trainer = build_trainer(config, image_shape, 10)
     dp = DataParallel("shard_map")
     state = dp.put_state(jax.jit(trainer.create_state)(jax.random.key(0)))
@@ -168,6 +168,8 @@ def run(workload: str, batch_size: int, steps: int, dtype: str = "float32", warm
         "peak_memory_bytes": peak_memory_bytes(),
         "step_memory_bytes": step_memory_bytes(prepared.compiled),
         "finite": bool(jax.device_get(metrics["nonfinite"]) == 0),
+        "convolutions": formulations.describe(formulations.plan_for(prepared.config.model, jnp.dtype(dtype))),
+        "tuning": tuning.describe(),
     }
 
 
@@ -176,7 +178,6 @@ def prepare_stack(workload: str, batch_size: int, members: int, dtype: str = "fl
     """The train step of a stack of `members` (seeds 0..N-1, each its own batch) as `synthjax.train` compiles it;
     also the stack's configs (with `sweep.cpu_stack_overrides` applied on CPU)."""
     config, image_shape = workload_config(workload, batch_size, dtype, overrides)
-    tune_cpu_allocator(config.train.cpu_allocator)
     configs = [workload_config(workload, batch_size, dtype, [*overrides, f"seed={i}"])[0] for i in range(members)]
     configs = stack_configs(configs, jax.default_backend(), log=lambda _: None)
     stack = Stack([build_trainer(c, image_shape, 10) for c in configs], "halt", shared_data_order=False)
@@ -238,6 +239,7 @@ def main(argv=None) -> None:
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     a = p.parse_args(argv)
     a.batch_size = cli_batch_size(a.workload, a.batch_size)
+    tuning.apply(workload_config(a.workload, a.batch_size, a.dtype, a.set)[0].train.cpu_allocator)
     if a.members:
         result = run_members(a.workload, a.batch_size, a.steps, a.members, a.dtype, min(a.warmup, 2), overrides=a.set)
         if not a.json:

@@ -15,7 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from synthjax.errors import UserError
-from synthjax.runtime import ALLOCATOR_MODES
+from synthjax.tuning import ALLOCATOR_MODES
 
 PARALLEL_MODES = ("shard_map", "pmap")
 DTYPES = ("float32", "bfloat16")
@@ -35,7 +35,8 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             name="mnist_bundled",
             path="",
-            split="train",
+            split="train",  # what training reads
+            eval_split="test",  # what evaluation reads: eval_step, NLL, FID/KID/PR reference statistics
             image_size=0,  # 0: the dataset's own size
             binarize=False,
             skip_bad=False,
@@ -64,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
             on_nonfinite="halt",
             progress=True,
             # glibc allocator setting on CPU: 'threshold', 'heap' (for steps with > 32 MiB of
-            # temporaries; measured per config), 'default' (synthjax/runtime.py). Process-wide,
+            # temporaries; measured per config), 'default' (synthjax/tuning.py). Process-wide,
             # applied when the run starts.
             cpu_allocator="threshold",
         )

@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from synthjax.runtime import cpu_compiler_options
 
 AXIS = "data"
 MEMBERS = "members"
@@ -53,8 +52,7 @@ def pmean(tree: Any) -> Any:
     """The mean over the data axis. On one device an optimisation barrier instead of the all-reduce,
     which XLA still emits there as a copy of every gradient. The barrier keeps the values materialised
     where the all-reduce did: dropping both let XLA fuse gradient reductions into each of their
-    consumers. Paired step times against the all-reduce (2-core CPU): vae_mlp 0.93, dcgan28 0.98,
-    vae_conv 1.04; against dropping both: 0.99, 0.97, 0.975."""
+    consumers (measured faster on CPU; docs/performance.md)."""
     if num_shards() == 1:
         return jax.lax.optimization_barrier(tree)
     return jax.lax.pmean(tree, AXIS)
@@ -121,9 +119,7 @@ class DataParallel:
         # and tests compare against pmap and a single device.
         specs = self.state_spec
         mapped = jax.shard_map(step, mesh=self.mesh, in_specs=(specs, self.batch_spec, P()), out_specs=specs, check_vma=False)
-        # On CPU, XLA options measured faster for our models (runtime.py); pmap takes none.
-        options = cpu_compiler_options(self.mesh.devices.flat[0].platform)
-        return jax.jit(mapped, donate_argnums=donate, compiler_options=options)
+        return jax.jit(mapped, donate_argnums=donate)
 
     def compile_eval(self, fn: Callable) -> Callable:
         """Compile `fn(state, batch, key) -> metrics`, written per device; the state is not donated."""

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from synthjax import images
+from synthjax import images, tuning
 from synthjax.checkpoint import Checkpointer
 from synthjax.config import load_config_dict
 from synthjax.data import get_source
@@ -72,6 +72,7 @@ def main(argv=None) -> None:
                    help="latest, or best: the one kept by train.keep_best")
     a = p.parse_args(argv)
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+    tuning.apply()
     try:
         if a.num <= 0:
             raise UserError(f"--num must be positive, got {a.num}")

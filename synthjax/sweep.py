@@ -66,10 +66,12 @@ import ml_collections
 import numpy as np
 
 from synthjax import config as config_lib
+from synthjax import tuning
 from synthjax.errors import UserError
 
 SUMMARY = "sweep_summary.json"
 SEED = "seed"
+SPLIT_KEY = "eval/split"  # which data split the eval/ figures were measured on
 RANGE = re.compile(r"^(-?\d+):(-?\d+)(?::(-?\d+))?$")
 
 
@@ -215,12 +217,9 @@ def check_runs(runs: list[Run]) -> dict[str, Any]:
     """
     from synthjax.data import get_source
     from synthjax.parallel import DataParallel
-    from synthjax.runtime import tune_cpu_allocator
     from synthjax.train import check_inputs
     from synthjax.trainers import build_trainer
 
-    # Process-wide and only in full effect before jax starts its backend (synthjax/runtime.py): the first run's.
-    tune_cpu_allocator(runs[0].config.train.cpu_allocator)
     sources, trainers = {}, {}
     for run in runs:
         try:
@@ -391,7 +390,7 @@ def diverged_cell(runs: list[Run], rows: list[dict]) -> str:
 
 def markdown_table(runs: list[Run], summaries: list[dict], metric: str) -> str:
     """One row per variant: its non-seed axis values, the number of seeds and mean ± std of the metrics."""
-    columns = [metric] + sorted({k for s in summaries for k in s if k.startswith("eval/") and k != metric})
+    columns = [metric] + sorted({k for s in summaries for k in s if k.startswith("eval/") and k not in (metric, SPLIT_KEY)})
     variants: dict[tuple, list[tuple[Run, dict]]] = {}
     for run, summary in zip(runs, summaries):
         variants.setdefault(variant_of(run), []).append((run, summary))
@@ -479,7 +478,8 @@ def write_results(workdir: str, runs: list[Run], summaries: list[dict], metric: 
     table = markdown_table(runs, summaries, metric)
     table_path = os.path.join(workdir, "results.md")
     with open(table_path, "w") as f:
-        f.write(f"# Sweep results ({results_note(runs)})\n\n{table}")
+        splits = ", ".join(sorted({str(s[SPLIT_KEY]) for s in summaries if SPLIT_KEY in s})) or "none"
+        f.write(f"# Sweep results ({results_note(runs)}; eval/ columns measured on split: {splits})\n\n{table}")
     plot_path = os.path.join(workdir, re.sub(r"[^A-Za-z0-9._-]", "_", metric) + ".png")
     plot_metric(plot_path, runs, metric)
     return SweepResult(runs, summaries, metric, csv_path, table_path, plot_path, table)
@@ -581,6 +581,7 @@ def main(argv: list[str] | None = None) -> None:
         from absl import logging
 
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+        tuning.apply(config_lib.load_config(args.config, overrides).train.cpu_allocator)  # the first run's setting
         result = run_sweep(args.config, args.workdir, args.sweep or None, args.metric, args.vmap or False, overrides)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -41,8 +41,8 @@ from synthjax.checkpoint import Checkpointer
 from synthjax.data import build_pipeline, get_source, prefetch_to_device
 from synthjax.errors import UserError
 from synthjax.evaluate import periodic_evaluator
+from synthjax.models import formulations
 from synthjax.parallel import DataParallel, make_mesh
-from synthjax.runtime import tune_cpu_allocator
 from synthjax.stack import NONFINITE, Stack, guard_nonfinite, stack_configs  # noqa: F401  (guard_nonfinite: re-exported for bench)
 from synthjax.trainers import build_trainer
 
@@ -195,7 +195,8 @@ class MetricWriter:
     @staticmethod
     def _tensorboard(tb, step: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():
-            tb.add_scalar(name, value, step)
+            if not isinstance(value, str):  # e.g. eval/split: in metrics.jsonl, not a TensorBoard scalar
+                tb.add_scalar(name, value, step)
 
     def close(self) -> None:
         if self.enabled:
@@ -321,6 +322,15 @@ def check_inputs(trainer, source) -> None:
         )
 
 
+def run_description(config: ml_collections.ConfigDict, trainer) -> str:
+    """The backend, devices, compute dtype, convolution formulations and XLA flags this run uses."""
+    convs = formulations.plan_for(config.model, trainer.dtype)
+    devices = f"{jax.device_count()} {jax.default_backend()} device(s)"
+    flags = os.environ.get("XLA_FLAGS", "") or "none"
+    return (f"{devices}, compute {jnp.dtype(trainer.dtype).name}; {formulations.summary_line(convs, trainer.dtype)}; "
+            f"XLA_FLAGS: {flags}")
+
+
 def state_sharding(dp: DataParallel) -> jax.sharding.Sharding:
     """Where one logical copy of the state lives: on the mesh (shard_map; a stack's members split over its
     `members` axis, if any) or on the first local device (pmap)."""
@@ -419,8 +429,6 @@ def train_stack(configs: list[ml_collections.ConfigDict], workdir: str, names: l
     whole stack; returns each member's final metrics (for several members
     with `diverged_at`, the step its training went non-finite, 0: never).
     """
-    config = configs[0]
-    tune_cpu_allocator(config.train.cpu_allocator)  # before jax starts its backend (synthjax/runtime.py)
     configs = stack_configs(configs, jax.default_backend())
     config = configs[0]
     dp = make_parallel(config, len(configs))
@@ -432,6 +440,8 @@ def train_stack(configs: list[ml_collections.ConfigDict], workdir: str, names: l
     check_inputs(stack.trainer, source)
     prepare_workdir(workdir, config)
     names = prepare_members(workdir, configs, names)
+    if jax.process_index() == 0:
+        print(f"synthjax: {run_description(config, stack.trainer)}")
     run = StackRun(configs, workdir, names, dp, stack, source)
     try:
         return run.train()
@@ -522,7 +532,8 @@ class StackRun:
         self.is_main = jax.process_index() == 0
         d = configs[0].data
         self.pipeline = stack_data(source, configs, stack, 0, d.num_threads, d.prefetch)
-        self.eval_pipeline = stack_data(source, configs, stack, 7919, 0, 2)
+        # Held out: eval_step batches come from data.eval_split ('test'), never from the training images.
+        self.eval_pipeline = stack_data(get_source(d, d.eval_split), configs, stack, 7919, 0, 2)
         init_keys, self.step_keys, self.eval_keys, self.grid_keys = stack.keys([c.seed for c in configs])
         self.checkpointer = Checkpointer(workdir, keep=t.keep)
         self._restore(init_keys)
@@ -662,9 +673,11 @@ class StackRun:
         if len(diverged) == self.stack.size:
             raise Diverged(all_diverged_message(step, diverged, self.names, self.last_good, self.checkpointer.directory))
 
-    def run_eval(self) -> list[dict[str, float]]:
+    def run_eval(self) -> list[dict[str, Any]]:
+        """Each member's eval_step metrics on the held-out split, which the rows name (eval/split)."""
         self.eval_pipeline.set_state(self.eval_start)
-        return evaluate(self.eval_fn, self.state, self.eval_pipeline, self.dp, self.eval_keys, self.t.eval_batches, self.stack)
+        values = evaluate(self.eval_fn, self.state, self.eval_pipeline, self.dp, self.eval_keys, self.t.eval_batches, self.stack)
+        return [{**v, "eval/split": self.configs[0].data.eval_split} for v in values]
 
     def save_grids(self, step: int) -> list[str]:
         """Each member's sample grid (the same grid noise every time, so progress is visible), as PNG and in TensorBoard."""
@@ -690,7 +703,7 @@ class StackRun:
         extra = [{"diverged_at": diverged.get(i, 0)} if self.stack.size > 1 else {} for i in range(self.stack.size)]
         summaries = [{**sc, **ev, **ex, "step": step, "seconds": elapsed} for sc, ev, ex in zip(self.scalars, final_eval, extra)]
         rate = f"{done / elapsed:.2f} steps/s" if done and elapsed > 0 else "no new steps"
-        losses = ", ".join(f"{k}={v:.4g}" for k, v in final_eval[0].items())
+        losses = ", ".join(f"{k}={v:.4g}" for k, v in final_eval[0].items() if not isinstance(v, str))
         if self.is_main:
             c = self.configs[0]
             who = f"{self.stack.size} members, step" if self.stack.size > 1 else "step"

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from synthjax.data import build_pipeline, get_source, load_bundled_mnist
+import hashlib
+
+from synthjax.data import build_pipeline, bundled_split_indices, get_source, holdout_indices, load_bundled_mnist
 from synthjax.data.pipeline import Preprocess
 from synthjax.errors import UserError
 
@@ -23,6 +25,38 @@ def test_bundled_mnist_is_the_real_test_split():
     # Per-class counts of the official MNIST test split.
     assert np.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert images.max() == 255 and images.min() == 0
+
+
+def test_bundled_split_is_fixed_stratified_and_disjoint():
+    test, train = bundled_split_indices("test"), bundled_split_indices("train")
+    _, labels = load_bundled_mnist()
+    assert len(test) == 2000 and len(train) == 8000
+    assert not set(test.tolist()) & set(train.tolist())
+    assert np.bincount(labels[test]).tolist() == [196, 227, 206, 202, 196, 178, 192, 206, 195, 202]
+    # Pinned: the split must be the same on every machine and in every version.
+    digest = hashlib.sha256(test.astype("<i8").tobytes()).hexdigest()
+    assert digest == "31111f30f92c2796a7831fb79487930208b92118db0481b19f21accbb3cf453d"
+    assert test[:5].tolist() == [6, 12, 14, 19, 20]
+
+
+def test_get_source_reads_the_requested_split():
+    images, labels = load_bundled_mnist()
+    train, test = get_source(data_cfg()), get_source(data_cfg(), "test")
+    assert len(train) == 8000 and len(test) == 2000 and train.num_classes == test.num_classes == 10
+    first = bundled_split_indices("test")[0]
+    np.testing.assert_array_equal(test.records[0]["image"], images[first])
+    assert len(get_source(data_cfg(split="test"))) == 2000
+    with pytest.raises(UserError, match="split 'validation' is not available.*train, test"):
+        get_source(data_cfg(split="validation"))
+
+
+def test_holdout_rounds_to_the_exact_total_and_ignores_order_of_calls():
+    labels = np.array([0] * 7 + [1] * 6 + [2] * 2)
+    split = holdout_indices(labels, 15)
+    assert len(split["test"]) == 3 and len(split["train"]) == 12
+    assert np.array_equal(np.sort(np.concatenate(list(split.values()))), np.arange(15))
+    np.testing.assert_array_equal(holdout_indices(labels, 15)["test"], split["test"])
+    assert len(holdout_indices(None, 10)["test"]) == 2
 
 
 def test_pipeline_ranges_binarisation_and_determinism():
@@ -48,7 +82,7 @@ def test_pipeline_state_resumes_exactly_and_epochs_reshuffle():
     q.set_state(state)
     for want in expected:
         np.testing.assert_array_equal(next(q)["label"], want)
-    # The second epoch is a new permutation of the same 10,000 images.
+    # The second epoch is a new permutation of the same 8,000 train images.
     assert not np.array_equal(np.concatenate(first_epoch), np.concatenate(expected + [next(p)["label"], next(p)["label"]]))
 
 
@@ -66,8 +100,16 @@ def test_npz_source(tmp_path):
     path = tmp_path / "d.npz"
     np.savez(path, images=images, labels=np.arange(10) % 2)
     source = get_source(data_cfg(name="npz", path=str(path)))
-    assert source.image_shape == (8, 8, 3) and source.num_classes == 2 and len(source) == 10
-    np.testing.assert_array_equal(source.records[3]["image"], images[3])
+    assert source.image_shape == (8, 8, 3) and source.num_classes == 2 and len(source) == 8
+    test = get_source(data_cfg(name="npz", path=str(path)), "test")
+    held_out = holdout_indices(np.arange(10) % 2, 10)
+    assert len(test) == 2
+    np.testing.assert_array_equal(test.records[1]["image"], images[held_out["test"][1]])
+    np.testing.assert_array_equal(source.records[3]["image"], images[held_out["train"][3]])
+    np.savez(tmp_path / "s.npz", images=images[:6], labels=np.zeros(6), test_images=images[6:], test_labels=np.full(4, 2))
+    train, test = (get_source(data_cfg(name="npz", path=str(tmp_path / "s.npz")), s) for s in ("train", "test"))
+    assert len(train) == 6 and len(test) == 4 and train.num_classes == test.num_classes == 3
+    np.testing.assert_array_equal(test.records[0]["image"], images[6])
     np.savez(tmp_path / "f.npz", images=images.astype(np.float32))
     with pytest.raises(UserError, match="must be uint8"):
         get_source(data_cfg(name="npz", path=str(tmp_path / "f.npz")))
@@ -89,7 +131,8 @@ def test_folder_source_with_class_subfolders_and_errors(tmp_path):
         for i in range(3):
             _write_png(str(tmp_path / "ok" / cls / f"{i}.png"), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
     source = get_source(data_cfg(name="folder", path=str(tmp_path / "ok")))
-    assert source.image_shape == (16, 16, 3) and source.num_classes == 2 and len(source) == 6
+    assert source.image_shape == (16, 16, 3) and source.num_classes == 2 and len(source) == 5
+    assert len(get_source(data_cfg(name="folder", path=str(tmp_path / "ok")), "test")) == 1  # round(20% of 6)
 
     _write_png(str(tmp_path / "mixed" / "a.png"), rng.integers(0, 256, (16, 16), dtype=np.uint8))
     _write_png(str(tmp_path / "mixed" / "b.png"), rng.integers(0, 256, (20, 16), dtype=np.uint8))

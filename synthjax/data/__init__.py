@@ -4,7 +4,7 @@
 `{'image': uint8 HWC, 'label': int32}` records; `build_pipeline` turns it into
 a checkpointable iterator of per-process numpy batches.
 """
-from synthjax.data.sources import DataSource, get_source, load_bundled_mnist
+from synthjax.data.sources import DataSource, bundled_split_indices, get_source, holdout_indices, load_bundled_mnist
 from synthjax.data.pipeline import Pipeline, build_pipeline, prefetch_to_device
 
-__all__ = ["DataSource", "get_source", "load_bundled_mnist", "Pipeline", "build_pipeline", "prefetch_to_device"]
+__all__ = ["DataSource", "bundled_split_indices", "get_source", "holdout_indices", "load_bundled_mnist", "Pipeline", "build_pipeline", "prefetch_to_device"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from synthjax.data.sources import DataSource, load_bundled_mnist
+from synthjax.data.sources import SPLITS, DataSource, bundled_split_indices, load_bundled_mnist
 from synthjax.errors import UserError
 
 DIGIT_SIZE = 28
@@ -66,13 +66,17 @@ class MovingMNISTRecords:
         return self.num_sequences
 
     def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng((self.seed, int(index)))
+        rng = np.random.default_rng((*np.atleast_1d(self.seed).tolist(), int(index)))
         frames = moving_digits(self.digits, rng, self.seq_len, self.frame_size, self.num_digits)
         return {"image": np.ascontiguousarray(frames.transpose(1, 2, 0)), "label": np.int32(-1)}
 
 
-def moving_mnist_source(data_cfg) -> DataSource:
-    """The `data.name='moving_mnist'` source; optional keys data.{num_sequences, seq_len, frame_size, num_digits, dataset_seed}."""
+def moving_mnist_source(data_cfg, split: str = "train") -> DataSource:
+    """The `data.name='moving_mnist'` source; optional keys data.{num_sequences, seq_len, frame_size, num_digits, dataset_seed}.
+
+    The 'train' split moves digits of the bundled train split, 'test' those of the bundled
+    test split (with its own seed stream), so no test digit appears in training sequences.
+    """
     opts = {key: data_cfg.get(key, default) for key, default in DEFAULTS.items()}
     for key in ("num_sequences", "seq_len", "num_digits"):
         if not isinstance(opts[key], int) or opts[key] < 1:
@@ -80,8 +84,10 @@ def moving_mnist_source(data_cfg) -> DataSource:
     if opts["frame_size"] < DIGIT_SIZE:
         raise UserError(f"data.frame_size={opts['frame_size']} is smaller than an MNIST digit ({DIGIT_SIZE}); use 64 (the standard) or >= 28")
     digits, _ = load_bundled_mnist()
+    digits = digits[bundled_split_indices(split)]
+    seed = opts["dataset_seed"] if split == "train" else (opts["dataset_seed"], SPLITS.index(split))
     records = MovingMNISTRecords(
-        digits[..., 0], opts["num_sequences"], opts["seq_len"], opts["frame_size"], opts["num_digits"], opts["dataset_seed"]
+        digits[..., 0], opts["num_sequences"], opts["seq_len"], opts["frame_size"], opts["num_digits"], seed
     )
     size = opts["frame_size"]
     return DataSource("moving_mnist", records, (size, size, opts["seq_len"]), 0)

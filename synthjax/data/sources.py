@@ -4,11 +4,21 @@ Every source is a grain-compatible random-access source (`__len__`,
 `__getitem__`) of records `{'image': uint8 (H, W, C), 'label': int32}`; `label`
 is -1 where the dataset has none. `DataSource` carries the shape and whether
 labels exist, so models can be checked against the data before training.
+
+Held-out protocol: every source has a 'train' and a 'test' split
+(`get_source(data_cfg, split)`, default `data.split`). Training reads
+`data.split` ('train'); evaluation (eval_step, NLL, FID/KID/PR reference
+statistics) reads `data.eval_split` ('test'). The bundled MNIST digits are
+split 8,000 train / 2,000 test, stratified by class (`bundled_split_indices`);
+an .npz file uses its `test_images`/`test_labels` arrays when it has them;
+otherwise .npz files and image folders hold out a deterministic 20%
+(`holdout_indices`); tensorflow-datasets use their own splits.
 """
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import importlib.resources
 import os
 import struct
@@ -24,6 +34,8 @@ OFFLINE_HINT = (
     "(key 'images', optional 'labels')"
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+SPLITS = ("train", "test")
+TEST_FRACTION = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,42 +89,135 @@ def load_bundled_mnist() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _bundled(cfg) -> DataSource:
+def _index_hash(index: int) -> bytes:
+    """A fixed pseudo-random sort key for an index: sha256 of its 8 little-endian bytes (no RNG library involved)."""
+    return hashlib.sha256(int(index).to_bytes(8, "little")).digest()
+
+
+def _test_counts(class_sizes: np.ndarray, fraction: float) -> np.ndarray:
+    """Test images per class: `fraction` of each class, rounded by largest remainder (ties to the lower class)
+    so the total is round(fraction * N)."""
+    exact = class_sizes * fraction
+    counts = np.floor(exact).astype(np.int64)
+    missing = int(round(fraction * class_sizes.sum())) - int(counts.sum())
+    order = sorted(range(len(exact)), key=lambda c: (-(exact[c] - counts[c]), c))
+    counts[order[:missing]] += 1
+    return counts
+
+
+def holdout_indices(labels: np.ndarray | None, num: int, fraction: float = TEST_FRACTION) -> dict[str, np.ndarray]:
+    """Deterministic train/test indices of a dataset of `num` items, stratified by class when labelled.
+
+    Within each class (or over all items when `labels` is None) indices are ordered by
+    `_index_hash`, and the first `fraction` of them (largest-remainder rounding, so the
+    total is round(fraction * num)) are the test split. The result depends only on the
+    labels and `num`: the same on every machine and every library version. Both arrays
+    are sorted ascending.
+    """
+    groups = np.zeros(num, np.int64) if labels is None else np.asarray(labels, np.int64)
+    classes, sizes = np.unique(groups, return_counts=True)
+    test = []
+    for cls, count in zip(classes, _test_counts(sizes, fraction)):
+        members = np.flatnonzero(groups == cls)
+        ranked = sorted(members.tolist(), key=_index_hash)
+        test.extend(ranked[:count])
+    test = np.sort(np.asarray(test, np.int64))
+    train = np.setdiff1d(np.arange(num, dtype=np.int64), test)
+    return {"train": train, "test": test}
+
+
+def bundled_split_indices(split: str) -> np.ndarray:
+    """Indices into `load_bundled_mnist()` of the bundled 'train' (8,000) or 'test' (2,000) split.
+
+    A fixed split, stratified by class: 20% of each digit class (largest-remainder rounding)
+    chosen by the sha256 of each index. Pinned by tests/test_data.py.
+    """
+    _check_split(split, "mnist_bundled")
+    _, labels = load_bundled_mnist()
+    return holdout_indices(labels, len(labels))[split]
+
+
+def _check_split(split: str, dataset: str) -> None:
+    if split not in SPLITS:
+        raise UserError(f"split {split!r} is not available for dataset {dataset!r}; valid: {', '.join(SPLITS)} (data.split / data.eval_split)")
+
+
+def _bundled(cfg, split: str) -> DataSource:
     images, labels = load_bundled_mnist()
-    return _array_source("mnist_bundled", images, labels)
+    index = bundled_split_indices(split)
+    return _array_source("mnist_bundled", images[index], labels[index], num_classes=10)
 
 
-def _array_source(name: str, images: np.ndarray, labels: np.ndarray | None) -> DataSource:
+def _split_arrays(name: str, images: np.ndarray, labels: np.ndarray | None, split: str) -> DataSource:
+    """`split` of an unsplit dataset: the deterministic 20% holdout (`holdout_indices`) is 'test'."""
+    _check_split(split, name)
+    if len(images) == 0:
+        raise UserError(f"dataset {name!r} is empty: it holds no images")
+    num_classes = _num_classes(labels)
+    index = holdout_indices(labels, len(images))[split]
+    if len(index) == 0:
+        raise UserError(
+            f"dataset {name!r} has {len(images)} image(s), too few to hold out a test split "
+            f"({TEST_FRACTION:.0%} of them rounds to none); add images, or provide test images explicitly"
+        )
+    return _array_source(name, images[index], None if labels is None else labels[index], num_classes)
+
+
+def _num_classes(labels: np.ndarray | None) -> int:
+    return 0 if labels is None or len(labels) == 0 else int(labels.max()) + 1
+
+
+def _array_source(name: str, images: np.ndarray, labels: np.ndarray | None, num_classes: int | None = None) -> DataSource:
     if len(images) == 0:
         raise UserError(f"dataset {name!r} is empty: it holds no images")
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise UserError(f"dataset {name!r}: images must be (N, H, W) or (N, H, W, 1|3), got shape {images.shape}")
-    num_classes = 0 if labels is None else int(labels.max()) + 1
+    num_classes = _num_classes(labels) if num_classes is None else num_classes
     return DataSource(name, ArrayRecords(images, labels), tuple(images.shape[1:]), num_classes)
 
 
-def _npz(cfg) -> DataSource:
+def _npz(cfg, split: str) -> DataSource:
+    """An .npz file: 'images' (+ optional 'labels') is the whole dataset, split by the 20% holdout,
+    unless it also holds 'test_images' (+ 'test_labels'): then 'images' is train and those are test."""
     path = _require_path(cfg, "npz")
+    _check_split(split, f"npz:{path}")
+    arrays = _read_npz(path)
+    if "test_images" not in arrays:
+        return _split_arrays(f"npz:{path}", arrays["images"], arrays.get("labels"), split)
+    prefix = "" if split == "train" else "test_"
+    labels = arrays.get(prefix + "labels")
+    num_classes = max(_num_classes(arrays.get("labels")), _num_classes(arrays.get("test_labels")))
+    return _array_source(f"npz:{path}", arrays[prefix + "images"], labels, num_classes)
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    """The image and label arrays of an .npz file, checked: uint8 images, one integer label per image."""
     try:
         with np.load(path) as f:
             if "images" not in f:
                 raise UserError(f"{path}: no array named 'images' (found {sorted(f.keys())}); save with np.savez(path, images=..., labels=...)")
-            images = f["images"]
-            labels = f["labels"].astype(np.int32) if "labels" in f else None
+            arrays = {k: f[k] for k in ("images", "labels", "test_images", "test_labels") if k in f}
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path} as an .npz file: {e}") from None
-    if images.dtype != np.uint8:
-        raise UserError(f"{path}: 'images' must be uint8 in [0, 255], got dtype {images.dtype}")
-    if labels is not None and len(labels) != len(images):
-        raise UserError(f"{path}: {len(labels)} labels for {len(images)} images")
-    return _array_source(f"npz:{path}", images, labels)
+    for prefix in ("", "test_"):
+        images, labels = arrays.get(prefix + "images"), arrays.get(prefix + "labels")
+        if images is None:
+            continue
+        if images.dtype != np.uint8:
+            raise UserError(f"{path}: '{prefix}images' must be uint8 in [0, 255], got dtype {images.dtype}")
+        if labels is not None and len(labels) != len(images):
+            raise UserError(f"{path}: {len(labels)} '{prefix}labels' for {len(images)} '{prefix}images'")
+        if labels is not None:
+            arrays[prefix + "labels"] = labels.astype(np.int32)
+    return arrays
 
 
-def _folder(cfg) -> DataSource:
-    """All images under data.path; labels from sub-folder names when there are sub-folders."""
+def _folder(cfg, split: str) -> DataSource:
+    """Images under data.path; labels from sub-folder names when there are sub-folders; 20% held out as 'test'."""
     root = _require_path(cfg, "folder")
+    _check_split(split, f"folder:{root}")
     files = sorted(
         os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.lower().endswith(IMAGE_SUFFIXES)
     )
@@ -124,7 +229,7 @@ def _folder(cfg) -> DataSource:
     if len(classes) > 1:
         index = {c: i for i, c in enumerate(classes)}
         labels = np.array([index[os.path.relpath(os.path.dirname(f), root)] for f in kept], np.int32)
-    return _array_source(f"folder:{root}", images, labels)
+    return _split_arrays(f"folder:{root}", images, labels, split)
 
 
 def _decode_images(files: list[str], skip_bad: bool) -> tuple[np.ndarray, list[str]]:
@@ -214,18 +319,17 @@ def tfds_image_shape(cfg) -> tuple[int, int, int]:
     return (size, size, shape[2]) if size else shape
 
 
-def _tfds(cfg) -> DataSource:
+def _tfds(cfg, split: str) -> DataSource:
+    """A tensorflow-datasets dataset; `split` is passed to tfds as is ('train', 'test', or e.g. 'train[:90%]')."""
     import tensorflow_datasets as tfds
 
     name = cfg.name
     label_key, native_shape, num_classes = TFDS_DATASETS[name]
     try:
-        source = tfds.data_source(
-            name, split=cfg.get("split", "train"), data_dir=cfg.get("tfds_data_dir") or None, download=cfg.get("download", True)
-        )
+        source = tfds.data_source(name, split=split, data_dir=cfg.get("tfds_data_dir") or None, download=cfg.get("download", True))
     except Exception as e:  # tfds raises many kinds: network, missing files, format
         raise UserError(
-            f"could not load tensorflow-datasets {name!r} split {cfg.get('split', 'train')!r}: {type(e).__name__}: {e}. "
+            f"could not load tensorflow-datasets {name!r} split {split!r}: {type(e).__name__}: {e}. "
             f"The data must be downloaded and prepared once, which needs internet and tensorflow "
             f"(`pip install -e '.[tfds-prepare]'`, then `tfds build {name} --file_format=array_record`; "
             f"point data.tfds_data_dir at the result on offline machines); {OFFLINE_HINT}"
@@ -235,21 +339,26 @@ def _tfds(cfg) -> DataSource:
     return DataSource(name, TfdsRecords(source, size, label_key), shape, num_classes)
 
 
-SOURCES: dict[str, Callable[[Any], DataSource]] = {
+SOURCES: dict[str, Callable[[Any, str], DataSource]] = {
     "mnist_bundled": _bundled,
     "npz": _npz,
     "folder": _folder,
     # Imported on use: synthjax.data.moving_mnist itself imports this module.
-    "moving_mnist": lambda cfg: importlib.import_module("synthjax.data.moving_mnist").moving_mnist_source(cfg),
+    "moving_mnist": lambda cfg, split: importlib.import_module("synthjax.data.moving_mnist").moving_mnist_source(cfg, split),
     **{name: _tfds for name in TFDS_DATASETS},
 }
 
 
-def get_source(data_cfg) -> DataSource:
-    """The source named by `data_cfg.name`; see `SOURCES` for the valid names."""
+def get_source(data_cfg, split: str | None = None) -> DataSource:
+    """The `split` ('train' or 'test'; None: `data_cfg.split`) of the dataset named by `data_cfg.name`.
+
+    See `SOURCES` for the valid names and the module docstring for how each is split.
+    Evaluation passes `data_cfg.eval_split`.
+    """
     if data_cfg.name not in SOURCES:
         raise unknown_name("dataset", data_cfg.name, SOURCES, key="data.name")
-    source = SOURCES[data_cfg.name](data_cfg)
+    split = split or data_cfg.get("split", "train")
+    source = SOURCES[data_cfg.name](data_cfg, split)
     _check_image_size(data_cfg, source)
     return source
 

@@ -1,19 +1,19 @@
 """Builds the oneDNN convolution library: `python -m synthjax.kernels.build`.
 
 Compiles `onednn_conv.cc` into `_onednn_conv.so` next to it with g++ (or
-`$CXX`), against jaxlib's XLA FFI headers (`jax.ffi.include_dir()`) and the
-oneDNN headers and library of the pip packages `onednn-devel` and
-`onednn-cpu-gomp`, which install into `<sys.prefix>/include` and
-`<sys.prefix>/lib` (`pip install --no-deps onednn-devel==2026.1.0`: its own
-dependency, oneDNN 2026's TBB/SYCL build, would replace the library).
-`make native` runs it (and `make train` / `make test` through it). Exits
-non-zero, saying what is missing, when it cannot build or the result does
-not load.
+`$CXX`, warnings on), against jaxlib's XLA FFI headers (`jax.ffi.include_dir()`)
+and the oneDNN headers and library of one release, from the pip packages
+`onednn-devel-cpu-gomp` and `onednn-cpu-gomp` (project dependencies on linux
+x86_64), which install into `<sys.prefix>/include` and `<sys.prefix>/lib`.
+The build checks that the headers' version is the library's. `make native`
+runs it. Exits non-zero, saying what is missing, when it cannot build or the
+result does not load.
 """
 from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,6 +23,7 @@ import jax
 
 from synthjax.kernels.onednn import LIBRARY
 
+ONEDNN_PACKAGE = "2023.2.0"  # the pip release of both packages: oneDNN 3.2
 SOURCE = os.path.join(os.path.dirname(__file__), "onednn_conv.cc")
 
 
@@ -34,8 +35,9 @@ def onednn_dirs() -> tuple[str, str]:
 def command(output: str = LIBRARY) -> list[str]:
     include, lib = onednn_dirs()
     cxx = os.environ.get("CXX", "g++")
-    return [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
-            f"-I{include}", f"-I{jax.ffi.include_dir()}", SOURCE, "-o", output,
+    # Third-party headers as system headers: the warnings are about our code.
+    return [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-Wall", "-Wextra",
+            "-isystem", include, "-isystem", jax.ffi.include_dir(), SOURCE, "-o", output,
             f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}", "-Wl,--no-undefined"]
 
 
@@ -46,10 +48,22 @@ def missing() -> str | None:
     if shutil.which(cmd[0]) is None:
         return f"no C++ compiler {cmd[0]!r} on PATH (install g++ or set CXX)"
     if not os.path.exists(os.path.join(include, "oneapi", "dnnl", "dnnl.h")):
-        return f"no oneDNN headers under {include} (pip install --no-deps onednn-devel==2026.1.0)"
-    if not os.path.exists(os.path.join(lib, "libdnnl.so")):
-        return f"no libdnnl.so under {lib} (pip install onednn-cpu-gomp)"
+        return f"no oneDNN headers under {include} (pip install onednn-devel-cpu-gomp=={ONEDNN_PACKAGE})"
+    libraries = sorted(f for f in os.listdir(lib) if f.startswith("libdnnl.so.")) if os.path.isdir(lib) else []
+    if not os.path.exists(os.path.join(lib, "libdnnl.so")) or not libraries:
+        return f"no libdnnl.so under {lib} (pip install onednn-cpu-gomp=={ONEDNN_PACKAGE})"
+    headers, library = header_version(include), libraries[-1].removeprefix("libdnnl.so.")
+    if not library.startswith(headers):
+        return (f"oneDNN headers {headers} do not match the library {library} under {lib}; "
+                f"pip install onednn-devel-cpu-gomp=={ONEDNN_PACKAGE} onednn-cpu-gomp=={ONEDNN_PACKAGE}")
     return None
+
+
+def header_version(include: str) -> str:
+    """'MAJOR.MINOR' of the oneDNN headers under `include`."""
+    text = open(os.path.join(include, "oneapi", "dnnl", "dnnl_version.h")).read()
+    numbers = {name: re.search(rf"#define DNNL_VERSION_{name} (\d+)", text) for name in ("MAJOR", "MINOR")}
+    return ".".join(m.group(1) if m else "?" for m in numbers.values())
 
 
 def build() -> int:

@@ -7,9 +7,8 @@ other two calls, `conv_input_grad` and `conv_kernel_grad`, and each of the
 three is differentiable again in terms of the others, so gradients of any
 order (gradient penalties included) stay on oneDNN.
 
-Why: on the 2-core dev VM XLA:CPU's own convolution kernels are what kept the
-dcgan28 step slower than PyTorch's, whose CPU convolutions are oneDNN's
-(benchmarks/RESULTS.md). oneDNN reads XLA's NHWC buffers in place; only the
+Why: XLA:CPU's own convolution kernels are what kept the dcgan28 step slower
+than PyTorch's, whose CPU convolutions are oneDNN's (docs/performance.md). oneDNN reads XLA's NHWC buffers in place; only the
 kernel is reordered into oneDNN's blocked layout per call (small).
 
 `available()` says whether the library loaded; where it did not (no

@@ -7,12 +7,13 @@
 //   synthjax_conv_bwd_weights  dw = conv's kernel gradient for input x and cotangent dy
 // Stride and padding come as attributes; every shape comes from the buffers,
 // so one handler serves every layer. Why: on the DCGAN layers XLA:CPU's own
-// convolutions (or their best rewrites) were 1.16-1.35x slower than these
-// (forward + backward, batch 128; benchmarks/RESULTS.md, sixth session).
+// convolutions were slower than oneDNN's, the library PyTorch's CPU
+// convolutions use (docs/performance.md).
 //
 // Built by `make native` against the pip packages onednn-cpu-gomp (the
-// library, GNU OpenMP threading) and onednn-devel (headers). Only the stable
-// oneDNN 3.x C API is used.
+// library, GNU OpenMP threading) and onednn-devel-cpu-gomp (the headers of
+// the same release). Every oneDNN call's status is checked; every object is
+// owned by an RAII handle, so each path frees what it created.
 #include <array>
 #include <cstdint>
 #include <cstring>
@@ -20,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 
 #include "oneapi/dnnl/dnnl.h"
 #include "xla/ffi/api/ffi.h"
@@ -44,168 +46,189 @@ std::string Status(const char* what, dnnl_status_t status) {
   return std::string("oneDNN ") + what + " failed with status " + std::to_string(static_cast<int>(status));
 }
 
-#define DNNL_TRY(call)                                                          \
-  do {                                                                          \
-    dnnl_status_t status_ = (call);                                             \
-    if (status_ != dnnl_success) return ffi::Error::Internal(Status(#call, status_)); \
-  } while (0)
 
-dnnl_engine_t Engine() {
+// Owning handles: each oneDNN object is destroyed when its handle goes out of scope.
+template <typename T, dnnl_status_t (*Destroy)(T)>
+struct Handle {
+  T get = nullptr;
+  Handle() = default;
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  ~Handle() {
+    if (get) Destroy(get);
+  }
+};
+using MemoryDesc = Handle<dnnl_memory_desc_t, dnnl_memory_desc_destroy>;
+using Memory = Handle<dnnl_memory_t, dnnl_memory_destroy>;
+using PrimitiveDesc = Handle<dnnl_primitive_desc_t, dnnl_primitive_desc_destroy>;
+using Primitive = Handle<dnnl_primitive_t, dnnl_primitive_destroy>;
+
+// The process's CPU engine, created once; null (with the status) if oneDNN could not create one.
+dnnl_engine_t Engine(dnnl_status_t* status) {
+  static dnnl_status_t created = dnnl_success;
   static dnnl_engine_t engine = [] {
     dnnl_engine_t e = nullptr;
-    dnnl_engine_create(&e, dnnl_cpu, 0);
-    return e;
+    created = dnnl_engine_create(&e, dnnl_cpu, 0);
+    return created == dnnl_success ? e : nullptr;
   }();
+  *status = created;
   return engine;
 }
 
-dnnl_stream_t Stream() {
-  thread_local dnnl_stream_t stream = [] {
+// One stream per calling thread, created on first use.
+dnnl_stream_t Stream(dnnl_engine_t engine, dnnl_status_t* status) {
+  thread_local dnnl_status_t created = dnnl_success;
+  thread_local dnnl_stream_t stream = [engine] {
     dnnl_stream_t s = nullptr;
-    dnnl_stream_create(&s, Engine(), dnnl_stream_default_flags);
-    return s;
+    created = dnnl_stream_create(&s, engine, dnnl_stream_default_flags);
+    return created == dnnl_success ? s : nullptr;
   }();
+  *status = created;
   return stream;
 }
 
 // Plain memory descriptors for XLA's row-major NHWC / HWIO buffers, in
 // oneDNN's logical dimension order (N, C, H, W) / (O, I, KH, KW).
-dnnl_memory_desc_t Nhwc(int64_t n, int64_t c, int64_t h, int64_t w) {
+dnnl_status_t Nhwc(int64_t n, int64_t c, int64_t h, int64_t w, MemoryDesc* md) {
   dnnl_dims_t dims = {n, c, h, w};
   dnnl_dims_t strides = {h * w * c, 1, w * c, c};
-  dnnl_memory_desc_t md = nullptr;
-  dnnl_memory_desc_create_with_strides(&md, 4, dims, dnnl_f32, strides);
-  return md;
+  return dnnl_memory_desc_create_with_strides(&md->get, 4, dims, dnnl_f32, strides);
 }
 
-dnnl_memory_desc_t Hwio(const Geometry& g) {
+dnnl_status_t Hwio(const Geometry& g, MemoryDesc* md) {
   dnnl_dims_t dims = {g.co, g.ci, g.kh, g.kw};
   dnnl_dims_t strides = {1, g.co, g.kw * g.ci * g.co, g.ci * g.co};
-  dnnl_memory_desc_t md = nullptr;
-  dnnl_memory_desc_create_with_strides(&md, 4, dims, dnnl_f32, strides);
-  return md;
+  return dnnl_memory_desc_create_with_strides(&md->get, 4, dims, dnnl_f32, strides);
 }
 
-dnnl_memory_desc_t AnyWeights(const Geometry& g) {
+dnnl_status_t AnyWeights(const Geometry& g, MemoryDesc* md) {
   dnnl_dims_t dims = {g.co, g.ci, g.kh, g.kw};
-  dnnl_memory_desc_t md = nullptr;
-  dnnl_memory_desc_create_with_tag(&md, 4, dims, dnnl_f32, dnnl_format_tag_any);
-  return md;
+  return dnnl_memory_desc_create_with_tag(&md->get, 4, dims, dnnl_f32, dnnl_format_tag_any);
 }
 
 // A compiled primitive plus what it needs around it: the reorder between the
-// HWIO buffer and the kernel layout oneDNN chose (null when they agree).
+// HWIO buffer and the kernel layout oneDNN chose (empty when they agree).
 struct Plan {
-  dnnl_primitive_t conv = nullptr;
-  dnnl_primitive_t weights_reorder = nullptr;
-  const_dnnl_memory_desc_t conv_weights_md = nullptr;  // owned by the primitive desc below
-  dnnl_primitive_desc_t pd = nullptr;
+  PrimitiveDesc pd;
+  Primitive conv;
+  Primitive weights_reorder;
+  const_dnnl_memory_desc_t conv_weights_md = nullptr;  // owned by `pd`
 };
 
-dnnl_status_t MakePlan(Kind kind, const Geometry& g, Plan* plan) {
-  dnnl_memory_desc_t src = Nhwc(g.n, g.ci, g.h, g.w);
-  dnnl_memory_desc_t dst = Nhwc(g.n, g.co, g.oh, g.ow);
-  dnnl_memory_desc_t user_w = Hwio(g);
-  dnnl_memory_desc_t any_w = AnyWeights(g);
+#define DNNL_CHECK(call)                   \
+  do {                                     \
+    dnnl_status_t status_ = (call);        \
+    if (status_ != dnnl_success) return status_; \
+  } while (0)
+
+dnnl_status_t MakePlan(Kind kind, const Geometry& g, dnnl_engine_t engine, Plan* plan) {
+  MemoryDesc src, dst, user_w, any_w;
+  DNNL_CHECK(Nhwc(g.n, g.ci, g.h, g.w, &src));
+  DNNL_CHECK(Nhwc(g.n, g.co, g.oh, g.ow, &dst));
+  DNNL_CHECK(Hwio(g, &user_w));
+  DNNL_CHECK(AnyWeights(g, &any_w));
   dnnl_dims_t strides = {g.sh, g.sw}, dilates = {0, 0}, pad_l = {g.pt, g.pl}, pad_r = {g.pb, g.pr};
-  dnnl_primitive_desc_t fwd = nullptr;
-  dnnl_status_t s = dnnl_convolution_forward_primitive_desc_create(
-      &fwd, Engine(), dnnl_forward_training, dnnl_convolution_direct, src, any_w, nullptr, dst, strides, dilates,
-      pad_l, pad_r, nullptr);
-  if (s == dnnl_success && kind == Kind::kForward) {
-    plan->pd = fwd;
-  } else if (s == dnnl_success && kind == Kind::kBackwardData) {
-    s = dnnl_convolution_backward_data_primitive_desc_create(&plan->pd, Engine(), dnnl_convolution_direct, src,
-                                                             any_w, dst, strides, dilates, pad_l, pad_r, fwd,
-                                                             nullptr);
-    dnnl_primitive_desc_destroy(fwd);
-  } else if (s == dnnl_success) {
-    s = dnnl_convolution_backward_weights_primitive_desc_create(&plan->pd, Engine(), dnnl_convolution_direct, src,
-                                                                any_w, nullptr, dst, strides, dilates, pad_l,
-                                                                pad_r, fwd, nullptr);
-    dnnl_primitive_desc_destroy(fwd);
+  PrimitiveDesc fwd;
+  DNNL_CHECK(dnnl_convolution_forward_primitive_desc_create(
+      &fwd.get, engine, dnnl_forward_training, dnnl_convolution_direct, src.get, any_w.get, nullptr, dst.get,
+      strides, dilates, pad_l, pad_r, nullptr));
+  if (kind == Kind::kForward) {
+    std::swap(plan->pd.get, fwd.get);
+  } else if (kind == Kind::kBackwardData) {
+    DNNL_CHECK(dnnl_convolution_backward_data_primitive_desc_create(
+        &plan->pd.get, engine, dnnl_convolution_direct, src.get, any_w.get, dst.get, strides, dilates, pad_l, pad_r,
+        fwd.get, nullptr));
+  } else {
+    DNNL_CHECK(dnnl_convolution_backward_weights_primitive_desc_create(
+        &plan->pd.get, engine, dnnl_convolution_direct, src.get, any_w.get, nullptr, dst.get, strides, dilates, pad_l,
+        pad_r, fwd.get, nullptr));
   }
-  if (s == dnnl_success) s = dnnl_primitive_create(&plan->conv, plan->pd);
-  if (s == dnnl_success) {
-    dnnl_query_t which = kind == Kind::kBackwardWeights ? dnnl_query_diff_weights_md : dnnl_query_weights_md;
-    plan->conv_weights_md = dnnl_primitive_desc_query_md(plan->pd, which, 0);
-    if (!dnnl_memory_desc_equal(plan->conv_weights_md, user_w)) {
-      // Forward passes read the kernel (HWIO -> oneDNN's layout); the kernel
-      // gradient is written in oneDNN's layout and converted back.
-      bool to_user = kind == Kind::kBackwardWeights;
-      dnnl_primitive_desc_t rpd = nullptr;
-      s = dnnl_reorder_primitive_desc_create(&rpd, to_user ? plan->conv_weights_md : user_w, Engine(),
-                                             to_user ? user_w : plan->conv_weights_md, Engine(), nullptr);
-      if (s == dnnl_success) s = dnnl_primitive_create(&plan->weights_reorder, rpd);
-      if (rpd) dnnl_primitive_desc_destroy(rpd);
-    }
+  DNNL_CHECK(dnnl_primitive_create(&plan->conv.get, plan->pd.get));
+  dnnl_query_t which = kind == Kind::kBackwardWeights ? dnnl_query_diff_weights_md : dnnl_query_weights_md;
+  plan->conv_weights_md = dnnl_primitive_desc_query_md(plan->pd.get, which, 0);
+  if (plan->conv_weights_md == nullptr) return dnnl_runtime_error;
+  if (!dnnl_memory_desc_equal(plan->conv_weights_md, user_w.get)) {
+    // Forward passes read the kernel (HWIO -> oneDNN's layout); the kernel
+    // gradient is written in oneDNN's layout and converted back.
+    bool to_user = kind == Kind::kBackwardWeights;
+    PrimitiveDesc reorder;
+    DNNL_CHECK(dnnl_reorder_primitive_desc_create(&reorder.get, to_user ? plan->conv_weights_md : user_w.get, engine,
+                                                  to_user ? user_w.get : plan->conv_weights_md, engine, nullptr));
+    DNNL_CHECK(dnnl_primitive_create(&plan->weights_reorder.get, reorder.get));
   }
-  for (dnnl_memory_desc_t md : {src, dst, user_w, any_w}) dnnl_memory_desc_destroy(md);
-  return s;
+  return dnnl_success;
 }
 
-// Plans live for the process: a few per layer shape, and building one
-// (oneDNN's JIT) costs far more than running it.
-dnnl_status_t GetPlan(Kind kind, const Geometry& g, const Plan** plan) {
+// Plans are cached: building one (oneDNN's JIT) costs far more than running it, and a model has a
+// few per layer shape. The cache is bounded (a long notebook session can meet many shapes): when
+// full it is emptied, and plans still in use stay alive through their shared_ptr.
+constexpr size_t kMaxPlans = 512;
+
+dnnl_status_t GetPlan(Kind kind, const Geometry& g, dnnl_engine_t engine, std::shared_ptr<const Plan>* plan) {
   static std::mutex mu;
-  static std::map<std::pair<int, std::array<int64_t, 15>>, std::unique_ptr<Plan>> plans;
+  static std::map<std::pair<int, std::array<int64_t, 15>>, std::shared_ptr<const Plan>> plans;
   std::lock_guard<std::mutex> lock(mu);
   auto key = std::make_pair(static_cast<int>(kind), g.Tie());
   auto it = plans.find(key);
   if (it == plans.end()) {
-    auto fresh = std::make_unique<Plan>();
-    dnnl_status_t s = MakePlan(kind, g, fresh.get());
-    if (s != dnnl_success) return s;
+    auto fresh = std::make_shared<Plan>();
+    DNNL_CHECK(MakePlan(kind, g, engine, fresh.get()));
+    if (plans.size() >= kMaxPlans) plans.clear();
     it = plans.emplace(key, std::move(fresh)).first;
   }
-  *plan = it->second.get();
+  *plan = it->second;
   return dnnl_success;
 }
 
-dnnl_memory_t Wrap(const_dnnl_memory_desc_t md, void* data) {
-  dnnl_memory_t mem = nullptr;
-  dnnl_memory_create(&mem, md, Engine(), data);
-  return mem;
+dnnl_status_t Execute(Kind kind, const Plan& plan, dnnl_engine_t engine, dnnl_stream_t stream, const Geometry& g,
+                      void* src, void* weights, void* dst) {
+  MemoryDesc src_md, dst_md, w_md;
+  DNNL_CHECK(Nhwc(g.n, g.ci, g.h, g.w, &src_md));
+  DNNL_CHECK(Nhwc(g.n, g.co, g.oh, g.ow, &dst_md));
+  DNNL_CHECK(Hwio(g, &w_md));
+  Memory src_mem, dst_mem, user_w, blocked_w;
+  DNNL_CHECK(dnnl_memory_create(&src_mem.get, src_md.get, engine, src));
+  DNNL_CHECK(dnnl_memory_create(&dst_mem.get, dst_md.get, engine, dst));
+  DNNL_CHECK(dnnl_memory_create(&user_w.get, w_md.get, engine, weights));
+  dnnl_memory_t conv_w = user_w.get;
+  if (plan.weights_reorder.get) {
+    DNNL_CHECK(dnnl_memory_create(&blocked_w.get, plan.conv_weights_md, engine, DNNL_MEMORY_ALLOCATE));
+    conv_w = blocked_w.get;
+  }
+  if (plan.weights_reorder.get && kind != Kind::kBackwardWeights) {
+    dnnl_exec_arg_t args[] = {{DNNL_ARG_FROM, user_w.get}, {DNNL_ARG_TO, conv_w}};
+    DNNL_CHECK(dnnl_primitive_execute(plan.weights_reorder.get, stream, 2, args));
+  }
+  int src_arg = kind == Kind::kBackwardData ? DNNL_ARG_DIFF_SRC : DNNL_ARG_SRC;
+  int w_arg = kind == Kind::kBackwardWeights ? DNNL_ARG_DIFF_WEIGHTS : DNNL_ARG_WEIGHTS;
+  int dst_arg = kind == Kind::kForward ? DNNL_ARG_DST : DNNL_ARG_DIFF_DST;
+  dnnl_exec_arg_t args[] = {{src_arg, src_mem.get}, {w_arg, conv_w}, {dst_arg, dst_mem.get}};
+  DNNL_CHECK(dnnl_primitive_execute(plan.conv.get, stream, 3, args));
+  if (plan.weights_reorder.get && kind == Kind::kBackwardWeights) {
+    dnnl_exec_arg_t back[] = {{DNNL_ARG_FROM, conv_w}, {DNNL_ARG_TO, user_w.get}};
+    DNNL_CHECK(dnnl_primitive_execute(plan.weights_reorder.get, stream, 2, back));
+  }
+  return dnnl_stream_wait(stream);
 }
 
 // Runs one convolution: `src`, `weights`, `dst` are the NHWC / HWIO / NHWC
 // buffers in the forward convolution's roles, whichever of them is the output.
 ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst) {
-  const Plan* plan = nullptr;
-  DNNL_TRY(GetPlan(kind, g, &plan));
-  dnnl_memory_desc_t src_md = Nhwc(g.n, g.ci, g.h, g.w), dst_md = Nhwc(g.n, g.co, g.oh, g.ow), w_md = Hwio(g);
-  dnnl_memory_t src_mem = Wrap(src_md, src), dst_mem = Wrap(dst_md, dst), user_w = Wrap(w_md, weights);
-  dnnl_memory_t conv_w = user_w;
-  if (plan->weights_reorder) {
-    dnnl_memory_create(&conv_w, plan->conv_weights_md, Engine(), DNNL_MEMORY_ALLOCATE);
-  }
-  // One convolution at a time per process. Each already spreads over every
-  // core (OpenMP), and two at once, from two XLA threads (several CPU
-  // devices, or independent ops of one program), can deadlock: oneDNN's
-  // backward-weights kernels meet in barriers sized for a full team, and
-  // concurrent OpenMP teams do not get one each (seen with 4 CPU devices).
+  dnnl_status_t s = dnnl_success;
+  dnnl_engine_t engine = Engine(&s);
+  if (s != dnnl_success) return ffi::Error::Internal(Status("engine creation", s));
+  std::shared_ptr<const Plan> plan;
+  s = GetPlan(kind, g, engine, &plan);
+  if (s != dnnl_success) return ffi::Error::Internal(Status("primitive creation", s));
+  dnnl_stream_t stream = Stream(engine, &s);
+  if (s != dnnl_success) return ffi::Error::Internal(Status("stream creation", s));
+  // Why one convolution at a time per process: each already spreads over every core (OpenMP), and
+  // two at once, from two XLA threads (several CPU devices, or independent ops of one program), can
+  // deadlock: oneDNN's backward-weights kernels meet in barriers sized for a full OpenMP team, and
+  // concurrent teams do not get one each (seen with 4 CPU devices).
   static std::mutex execute_mu;
   std::lock_guard<std::mutex> lock(execute_mu);
-  dnnl_status_t s = dnnl_success;
-  if (plan->weights_reorder && kind != Kind::kBackwardWeights) {
-    dnnl_exec_arg_t args[] = {{DNNL_ARG_FROM, user_w}, {DNNL_ARG_TO, conv_w}};
-    s = dnnl_primitive_execute(plan->weights_reorder, Stream(), 2, args);
-  }
-  if (s == dnnl_success) {
-    int src_arg = kind == Kind::kBackwardData ? DNNL_ARG_DIFF_SRC : DNNL_ARG_SRC;
-    int w_arg = kind == Kind::kBackwardWeights ? DNNL_ARG_DIFF_WEIGHTS : DNNL_ARG_WEIGHTS;
-    int dst_arg = kind == Kind::kForward ? DNNL_ARG_DST : DNNL_ARG_DIFF_DST;
-    dnnl_exec_arg_t args[] = {{src_arg, src_mem}, {w_arg, conv_w}, {dst_arg, dst_mem}};
-    s = dnnl_primitive_execute(plan->conv, Stream(), 3, args);
-  }
-  if (s == dnnl_success && plan->weights_reorder && kind == Kind::kBackwardWeights) {
-    dnnl_exec_arg_t args[] = {{DNNL_ARG_FROM, conv_w}, {DNNL_ARG_TO, user_w}};
-    s = dnnl_primitive_execute(plan->weights_reorder, Stream(), 2, args);
-  }
-  if (s == dnnl_success) s = dnnl_stream_wait(Stream());
-  if (conv_w != user_w) dnnl_memory_destroy(conv_w);
-  for (dnnl_memory_t m : {src_mem, dst_mem, user_w}) dnnl_memory_destroy(m);
-  for (dnnl_memory_desc_t md : {src_md, dst_md, w_md}) dnnl_memory_desc_destroy(md);
+  s = Execute(kind, *plan, engine, stream, g, src, weights, dst);
   if (s != dnnl_success) return ffi::Error::Internal(Status("convolution", s));
   return ffi::Error::Success();
 }

@@ -28,58 +28,14 @@ import jax
 import jax.numpy as jnp
 
 from synthjax.errors import UserError
-from synthjax.kernels import onednn
-from synthjax.models.layers import DOWN_IMPLS, UP_IMPLS, DownConv2x, UpConv2x, resolve_batch_chunk
-
-Dtype = Any
+from synthjax.models import formulations
+from synthjax.models.formulations import ConvChoice
+from synthjax.models.layers import NATIVE, DownConv2x, UpConv2x
 from synthjax.parallel import AXIS  # BatchNorm averages its statistics over the data axis
 
+Dtype = Any
+
 D_NORMS = ("batch", "spectral", "none")
-# `model.conv_impl`: formulations of the DCGAN up/down convolutions (models/layers.py) per layer
-# role: 'up' (generator hidden layers), 'out' (the generator's image layer), 'down' (discriminator
-# hidden layers) and 'in' (the discriminator's image layer). The image layers have 1-3 channels on
-# one side, which GPU convolution libraries handle far worse than wide layers, so they get their own
-# choice. A preset name or 'role=impl,...' (roles not named stay 'auto'), e.g.
-# 'out=im2col3x3,in=s2d_conv'. 'auto' is the fastest measured for one run on each backend; 'matmul'
-# uses only im2col + GEMMs, which stay GEMMs under jax.vmap, where XLA:CPU turns a convolution with
-# per-member kernels into a slow grouped convolution (see benchmarks/vmap_seeds.py). All compute the
-# same function.
-CONV_ROLES = ("up", "out", "down", "in")
-CONV_IMPLS = {
-    "auto": {},
-    "native": dict.fromkeys(CONV_ROLES, "native"),
-    "matmul": {"up": "im2col3x3", "out": "im2col3x3", "down": "s2d_matmul", "in": "s2d_matmul"},
-}
-
-
-# Where 'auto' for a role differs from the layer's own 'auto' (models/layers.py), by backend. On an
-# H100 the discriminator's image layer (1 or 3 input channels) ran forward + backward 1.6-2.2x
-# faster as space-to-depth + one GEMM than as cuDNN's strided convolution (benchmarks/gpu_suite.py).
-ROLE_AUTO = {"gpu": {"in": "s2d_matmul"}}
-
-
-def parse_conv_impl(spec: str, backend: str | None = None) -> dict[str, str]:
-    """`model.conv_impl` -> {role: impl} for every role in CONV_ROLES (see the comment above)."""
-    spec = spec or "auto"
-    if spec in CONV_IMPLS:
-        chosen = CONV_IMPLS[spec]
-    else:
-        pairs = [item.split("=", 1) for item in spec.split(",")]
-        if any(len(p) != 2 or p[0].strip() not in CONV_ROLES for p in pairs):
-            raise UserError(f"model.conv_impl={spec!r}: expected a preset ({', '.join(CONV_IMPLS)}) or "
-                            f"'role=impl,...' with roles {', '.join(CONV_ROLES)}, e.g. 'out=im2col3x3,in=s2d_conv'")
-        chosen = {role.strip(): impl.strip() for role, impl in pairs}
-    role_auto = ROLE_AUTO.get(backend or jax.default_backend(), {})
-    impls = {role: chosen.get(role, "auto") for role in CONV_ROLES}
-    impls = {role: role_auto.get(role, "auto") if impl == "auto" else impl for role, impl in impls.items()}
-    for role, impl in impls.items():
-        valid = UP_IMPLS if role in ("up", "out") else DOWN_IMPLS
-        if impl not in valid:
-            raise UserError(f"model.conv_impl: {role}={impl!r} is not one of {', '.join(valid)}")
-        if impl == "onednn" and not onednn.available():
-            raise UserError(f"model.conv_impl: {role}=onednn cannot run here: {onednn.unavailable_reason()}; "
-                            f"use 'auto' (it falls back to XLA's convolutions)")
-    return impls
 
 
 BN_MOMENTUM = 0.9  # Flax's convention: running = 0.9 * running + 0.1 * batch (PyTorch's momentum 0.1)
@@ -222,9 +178,8 @@ class DCGANGenerator(nn.Module):
     project_bn: str = "feature"
     dtype: Dtype = jnp.float32
     num_classes: int = 0  # > 0: conditional BatchNorm on labels y_b
-    impl: str = "auto"  # UpConv2x formulation of the hidden layers
-    out_impl: str = "auto"  # ... and of the image layer
-    batch_chunk: int = 0  # images per convolution call (layers.resolve_batch_chunk; 0: backend default)
+    up: ConvChoice = NATIVE  # formulation of the hidden up-convolutions (synthjax.models.formulations)
+    out: ConvChoice = NATIVE  # ... and of the image layer
 
     @nn.compact
     def __call__(self, z_bn, y_b=None, train: bool = True):
@@ -238,9 +193,9 @@ class DCGANGenerator(nn.Module):
         else:
             h = nn.relu(norm(h.reshape((-1, start, start, width0))))
         for i in range(1, stages):
-            h = UpConv2x(width0 // 2**i, use_bias=False, dtype=self.dtype, impl=self.impl, batch_chunk=self.batch_chunk)(h)
+            h = UpConv2x(width0 // 2**i, use_bias=False, dtype=self.dtype, conv=self.up)(h)
             h = nn.relu(norm(h))
-        x = UpConv2x(channels, use_bias=self.use_bias, dtype=self.dtype, impl=self.out_impl, batch_chunk=self.batch_chunk)(h)
+        x = UpConv2x(channels, use_bias=self.use_bias, dtype=self.dtype, conv=self.out)(h)
         return jnp.tanh(x.astype(jnp.float32))
 
 
@@ -258,9 +213,8 @@ class DCGANDiscriminator(nn.Module):
     dtype: Dtype = jnp.float32
     norm: str = "batch"
     num_classes: int = 0  # > 0: projection discriminator on labels y_b
-    impl: str = "auto"  # DownConv2x formulation of the hidden layers
-    in_impl: str = "auto"  # ... and of the image layer
-    batch_chunk: int = 0  # images per convolution call (layers.resolve_batch_chunk; 0: backend default)
+    down: ConvChoice = NATIVE  # formulation of the hidden down-convolutions (synthjax.models.formulations)
+    into: ConvChoice = NATIVE  # ... and of the image layer ('in' role)
 
     @nn.compact
     def __call__(self, x_bhwc, y_b=None, train: bool = True):
@@ -270,8 +224,7 @@ class DCGANDiscriminator(nn.Module):
         for i in range(stages):
             # Without BatchNorm a convolution needs its own bias; with it the bias is redundant.
             bias = self.use_bias and (i == 0 or self.norm != "batch")
-            impl = self.in_impl if i == 0 else self.impl
-            conv = DownConv2x(self.width * 2**i, use_bias=bias, dtype=self.dtype, impl=impl, batch_chunk=self.batch_chunk)
+            conv = DownConv2x(self.width * 2**i, use_bias=bias, dtype=self.dtype, conv=self.into if i == 0 else self.down)
             h = maybe_sn(conv, spectral, train)(h)
             if i > 0 and self.norm == "batch":
                 h = batch_norm(train, self.dtype)(h)
@@ -305,15 +258,10 @@ def _dcgan(cfg, image_shape, dtype, num_classes):
     dcgan_layout(image_shape[0])  # fail early with a clear message
     if image_shape[0] != image_shape[1]:
         raise UserError(f"DCGAN needs square images, got {image_shape[:2]}; set data.image_size")
-    impl = parse_conv_impl(cfg.get("conv_impl", "auto"))
-    chunk = cfg.get("conv_batch_chunk", 0)
-    try:
-        resolve_batch_chunk(chunk)
-    except ValueError as e:
-        raise UserError(f"model.conv_batch_chunk: {e}") from None
-    g = DCGANGenerator(image_shape, cfg.g_width, cfg.use_bias, cfg.project_bn, dtype, num_classes, impl["up"], impl["out"], chunk)
+    convs = formulations.plan_for(cfg, dtype)
+    g = DCGANGenerator(image_shape, cfg.g_width, cfg.use_bias, cfg.project_bn, dtype, num_classes, convs["up"], convs["out"])
     norm = d_norm(cfg, "dcgan", D_NORMS, "batch")
-    return g, DCGANDiscriminator(cfg.d_width, cfg.use_bias, dtype, norm, num_classes, impl["down"], impl["in"], chunk)
+    return g, DCGANDiscriminator(cfg.d_width, cfg.use_bias, dtype, norm, num_classes, convs["down"], convs["in"])
 
 
 def _resnet(cfg, image_shape, dtype, num_classes):

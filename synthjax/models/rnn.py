@@ -26,33 +26,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from synthjax.models import formulations
 from synthjax.models.layers import depth_to_space, space_to_depth
 
 Dtype = Any
 Carry = tuple[jax.Array, jax.Array]  # (cell c, hidden h), both float32
 
 MASK_TYPES = ("A", "B")
-CONV_IMPLS = ("auto", "native", "im2col")
 
 
 # --------------------------------------------------------------------------
 # Convolution that differentiates fast on CPU.
 # --------------------------------------------------------------------------
-def resolve_conv_impl(impl: str) -> str:
-    """'auto' -> 'im2col' on CPU, 'native' on GPU/TPU (where cuDNN / the TPU compiler do well)."""
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"conv impl {impl!r}; valid: {CONV_IMPLS}")
-    if impl != "auto":
-        return impl
-    return "im2col" if jax.default_backend() == "cpu" else "native"
-
-
 def conv2d(
     x_bhwc: jax.Array,
     kernel_hwio: jax.Array,
     padding: tuple[tuple[int, int], tuple[int, int]],
     taps: list[tuple[int, int]] | None = None,
-    impl: str = "auto",
+    formulation: str | None = None,
 ) -> jax.Array:
     """Stride-1 convolution (NHWC input, HWIO kernel) with explicit (rows, columns) zero padding.
 
@@ -62,8 +53,11 @@ def conv2d(
     (measured: a 5x5, 80->256 ConvLSTM gate convolution, 1.8 s vs 160 s).
     `taps` lists the kernel positions that can be nonzero (a causal mask's);
     the others are skipped, which changes nothing but the work done.
+    `formulation`: 'native' or 'im2col'; None: the 'recurrent' role's choice
+    in `synthjax.models.formulations`.
     """
-    if resolve_conv_impl(impl) == "native":
+    formulation = formulation or formulations.plan()["recurrent"].formulation
+    if formulation == "native":
         return jax.lax.conv_general_dilated(x_bhwc, kernel_hwio, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     kh, kw, cin, cout = kernel_hwio.shape
     taps = taps if taps is not None else [(i, j) for i in range(kh) for j in range(kw)]

@@ -15,7 +15,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from synthjax.errors import UserError
-from synthjax.models.layers import DownConv2x, UpConv2x
+from synthjax.models import formulations
+from synthjax.models.formulations import ConvChoice
+from synthjax.models.layers import NATIVE, DownConv2x, UpConv2x
 
 Dtype = Any
 
@@ -64,12 +66,14 @@ class ConvEncoder(nn.Module):
     width: int = 32
     hidden: int = 256
     dtype: Dtype = jnp.float32
+    convs: tuple[ConvChoice, ConvChoice] = (NATIVE, NATIVE)  # formulations of the image layer and the others
 
     @nn.compact
     def __call__(self, x_bhwc):
         h = x_bhwc.astype(self.dtype)
         for i in range(conv_stages(x_bhwc.shape[1])):
-            h = nn.relu(DownConv2x(self.width * 2**i, dtype=self.dtype)(h))
+            conv = self.convs[0] if i == 0 else self.convs[1]
+            h = nn.relu(DownConv2x(self.width * 2**i, dtype=self.dtype, conv=conv)(h))
         h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(h.reshape((h.shape[0], -1))))
         return _gaussian_head(h, self.latent, self.dtype)
 
@@ -82,6 +86,7 @@ class ConvDecoder(nn.Module):
     width: int = 32
     hidden: int = 256
     dtype: Dtype = jnp.float32
+    convs: tuple[ConvChoice, ConvChoice] = (NATIVE, NATIVE)  # formulations of the hidden layers and the image layer
 
     @nn.compact
     def __call__(self, z_bn):
@@ -91,8 +96,8 @@ class ConvDecoder(nn.Module):
         h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(z_bn))
         h = nn.relu(nn.Dense(start * start * width0, dtype=self.dtype)(h)).reshape((-1, start, start, width0))
         for i in range(1, stages):
-            h = nn.relu(UpConv2x(width0 // 2**i, dtype=self.dtype)(h))
-        out = UpConv2x(channels * self.num_params, dtype=self.dtype)(h).astype(jnp.float32)
+            h = nn.relu(UpConv2x(width0 // 2**i, dtype=self.dtype, conv=self.convs[0])(h))
+        out = UpConv2x(channels * self.num_params, dtype=self.dtype, conv=self.convs[1])(h).astype(jnp.float32)
         return out.reshape((*out.shape[:3], channels, self.num_params))
 
 
@@ -128,8 +133,9 @@ def build_vae(model_cfg, image_shape: tuple[int, int, int], num_params: int, dty
         dec = MLPDecoder(image_shape, num_params, model_cfg.hidden, dtype)
     elif model_cfg.arch == "conv":
         conv_stages(image_shape[0])
-        enc = ConvEncoder(model_cfg.latent, model_cfg.width, model_cfg.hidden, dtype)
-        dec = ConvDecoder(image_shape, num_params, model_cfg.width, model_cfg.hidden, dtype)
+        convs = formulations.plan_for(model_cfg, dtype)
+        enc = ConvEncoder(model_cfg.latent, model_cfg.width, model_cfg.hidden, dtype, formulations.encoder_convs(convs))
+        dec = ConvDecoder(image_shape, num_params, model_cfg.width, model_cfg.hidden, dtype, formulations.decoder_convs(convs))
     else:
         raise UserError(f"unknown VAE architecture {model_cfg.arch!r} (config key model.arch); valid: conv, mlp")
     return VAE(enc, dec)

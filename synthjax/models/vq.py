@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from synthjax.errors import UserError
-from synthjax.models.layers import DownConv2x, UpConv2x
+from synthjax.models import formulations
+from synthjax.models.formulations import ConvChoice
+from synthjax.models.layers import NATIVE, DownConv2x, UpConv2x
 
 Dtype = Any
 CODEBOOK_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
@@ -90,12 +92,14 @@ class VQEncoder(nn.Module):
     width: int
     code_dim: int
     dtype: Dtype = jnp.float32
+    convs: tuple[ConvChoice, ConvChoice] = (NATIVE, NATIVE)  # formulations of the image layer and the others
 
     @nn.compact
     def __call__(self, x_bhwc):
         h = x_bhwc.astype(self.dtype)
         for i in range(STAGES):
-            h = nn.relu(DownConv2x(self.width * 2**i, dtype=self.dtype)(h))
+            conv = self.convs[0] if i == 0 else self.convs[1]
+            h = nn.relu(DownConv2x(self.width * 2**i, dtype=self.dtype, conv=conv)(h))
         h = nn.relu(nn.Conv(self.width * 2 ** (STAGES - 1), (3, 3), padding=1, dtype=self.dtype)(h))
         return nn.Conv(self.code_dim, (1, 1), dtype=self.dtype)(h).astype(jnp.float32)
 
@@ -105,14 +109,15 @@ class VQDecoder(nn.Module):
     num_params: int
     width: int
     dtype: Dtype = jnp.float32
+    convs: tuple[ConvChoice, ConvChoice] = (NATIVE, NATIVE)  # formulations of the hidden layers and the image layer
 
     @nn.compact
     def __call__(self, z_bhwd):
         channels = self.image_shape[2]
         h = nn.relu(nn.Conv(self.width * 2 ** (STAGES - 1), (3, 3), padding=1, dtype=self.dtype)(z_bhwd.astype(self.dtype)))
         for i in range(STAGES - 1, 0, -1):
-            h = nn.relu(UpConv2x(self.width * 2 ** (i - 1), dtype=self.dtype)(h))
-        out = UpConv2x(channels * self.num_params, dtype=self.dtype)(h).astype(jnp.float32)
+            h = nn.relu(UpConv2x(self.width * 2 ** (i - 1), dtype=self.dtype, conv=self.convs[0])(h))
+        out = UpConv2x(channels * self.num_params, dtype=self.dtype, conv=self.convs[1])(h).astype(jnp.float32)
         return out.reshape((*out.shape[:3], channels, self.num_params))
 
 
@@ -126,11 +131,13 @@ class VQVAE(nn.Module):
     code_dim: int = 16
     ema: bool = False
     dtype: Dtype = jnp.float32
+    encoder_convs: tuple[ConvChoice, ConvChoice] = (NATIVE, NATIVE)  # synthjax.models.formulations.encoder_convs
+    decoder_convs: tuple[ConvChoice, ConvChoice] = (NATIVE, NATIVE)  # ... decoder_convs
 
     def setup(self):
-        self.encoder = VQEncoder(self.width, self.code_dim, self.dtype)
+        self.encoder = VQEncoder(self.width, self.code_dim, self.dtype, self.encoder_convs)
         self.quantizer = VectorQuantizer(self.num_codes, self.code_dim, self.ema)
-        self.decoder = VQDecoder(self.image_shape, self.num_params, self.width, self.dtype)
+        self.decoder = VQDecoder(self.image_shape, self.num_params, self.width, self.dtype, self.decoder_convs)
 
     def __call__(self, x_bhwc):
         z_e = self.encoder(x_bhwc)
@@ -156,4 +163,6 @@ def build_vqvae(model_cfg, image_shape: tuple[int, int, int], num_params: int, d
     for key in ("num_codes", "code_dim", "width"):
         if model_cfg[key] <= 0:
             raise UserError(f"model.{key} must be positive, got {model_cfg[key]}")
-    return VQVAE(tuple(image_shape), num_params, model_cfg.width, model_cfg.num_codes, model_cfg.code_dim, model_cfg.ema, dtype)
+    convs = formulations.plan_for(model_cfg, dtype)
+    return VQVAE(tuple(image_shape), num_params, model_cfg.width, model_cfg.num_codes, model_cfg.code_dim, model_cfg.ema, dtype,
+                 formulations.encoder_convs(convs), formulations.decoder_convs(convs))

@@ -110,10 +110,8 @@ def global_norm(tree: Any) -> jax.Array:
 
     Large leaves are summed row by row and the row sums fenced off (an optimisation barrier) before
     the total. Why: left to itself XLA:CPU rewrote the sum over a whole large leaf into a 32x32
-    reduce-window, which strides across rows; on the generator's 100x12544 kernel it ran ~6 ms on
-    the critical path of a dcgan28 step, and with the fence the step took 0.95 of its time (2-core
-    CPU, paired). Small leaves keep the plain sum, which XLA may fuse with its neighbours: the rewrite
-    is cheap there (vae_mlp's 784x400 leaves: 0.2 ms each).
+    reduce-window, which strides across rows and sat on the critical path of a dcgan28 step
+    (docs/performance.md). Small leaves keep the plain sum, which XLA may fuse with its neighbours.
     """
     total = jnp.zeros((), jnp.float32)
     for x in jax.tree.leaves(tree):

@@ -81,17 +81,12 @@ class Critic(flax.struct.PyTreeNode):
 
 
 # `model.d_joint_pass`: run the discriminator's real and fake passes as one batched pass (see
-# GANTrainer._discriminate_both). 'auto' turns it on where it was measured faster: on an H100, whole
-# dcgan steps 1.07x (dcgan64 b256 bf16), 1.03x (b256 f32), 1.08-1.5x (dcgan28 b128), 0.98-1.0x at
-# b1024 (benchmarks/gpu_profile.py, two runs). On the 2-core CPU it was slower (dcgan28 step time
-# x1.09 at b128, x1.19 at b32; oneDNN's kernels run the two halves one after the other under vmap
-# anyway); TPU: not measured.
+# GANTrainer._discriminate_both). 'auto' turns it on where it was measured faster (GPU); on CPU it
+# was slower, TPU was not measured. Figures: docs/performance.md.
 JOINT_PASS = {"auto": None, "on": True, "off": False, "true": True, "false": False}
 # Backends where the joint pass writes the stacked real + fake batch out before the discriminator reads
 # it (an optimisation barrier). Left to itself XLA:GPU fuses the stack into the discriminator's first
-# layer, whose space-to-depth gather then runs as one slow loop over both sources (0.15 ms of a 3.2 ms
-# dcgan64 b256 bf16 step on an H100). With the barrier: that step x0.985 in each of 7 alternating
-# rounds; dcgan64 b256 f32 x0.996, dcgan28 b1024 x1.002 (benchmarks/RESULTS.md, eighth session).
+# layer, whose space-to-depth gather then runs as one slow loop over both sources (docs/performance.md).
 MATERIALISE_JOINT_BATCH = ("gpu",)
 
 

@@ -1,4 +1,4 @@
-"""Exactness of the fast DCGAN up/down-sampling layers against Flax and PyTorch."""
+"""Exactness of every kept DCGAN up/down-sampling formulation against Flax (float32 and float64) and PyTorch."""
 
 import flax.linen as nn
 import jax
@@ -6,27 +6,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from synthjax.kernels import onednn
-from synthjax.models import layers
+from helpers.onednn import ONEDNN, needs_onednn
+from synthjax.models import formulations, layers
+from synthjax.models.formulations import ConvChoice
 
-# (batch, H, W, Cin, Cout, use_bias), impls: odd sizes, non-square, one output
-# channel, no bias. Every impl on the first shape; the impls `auto` picks on
-# some backend on all of them (each impl costs a compile, which dominates).
-# `onednn` only where its library is built (tests/kernels/test_onednn.py says when it must be).
-ONEDNN = ["onednn"] if onednn.available() else []
-UP_ALL = [impl for impl in layers.UP_IMPLS if impl != "onednn" or ONEDNN]
-UP_CASES = [((3, 7, 7, 5, 4, True), UP_ALL),
-            ((2, 14, 14, 3, 1, True), ["auto", "native", "gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im",
-                                       "subpixel3x3", *ONEDNN]),
-            ((3, 5, 6, 4, 2, False), ["auto", "native", "gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im",
-                                      "subpixel3x3", *ONEDNN])]
-DOWN_ALL = [impl for impl in layers.DOWN_IMPLS if impl != "onednn" or ONEDNN]
-DOWN_CASES = [((3, 14, 14, 3, 4, True), DOWN_ALL),
-              ((2, 28, 28, 1, 5, True), ["auto", "native", "gemm_vjp", "s2d_matmul", "s2d3x3", *ONEDNN]),
-              ((3, 7, 9, 4, 1, False), DOWN_ALL)]
+# (batch, H, W, Cin, Cout, use_bias), formulations: odd sizes, non-square, one output channel, no
+# bias. `onednn` only where its library is built (tests/test_onednn.py says when it must be).
+UP_ALL = [f for f in formulations.UP_FORMULATIONS if f != "onednn" or ONEDNN]
+UP_CASES = [((3, 7, 7, 5, 4, True), UP_ALL), ((2, 14, 14, 3, 1, True), UP_ALL), ((3, 5, 6, 4, 2, False), UP_ALL)]
+DOWN_ALL = [f for f in formulations.DOWN_FORMULATIONS if f != "onednn" or ONEDNN]
+DOWN_CASES = [((3, 14, 14, 3, 4, True), DOWN_ALL), ((2, 28, 28, 1, 5, True), DOWN_ALL), ((3, 7, 9, 4, 1, False), DOWN_ALL)]
 
 
-needs_onednn = pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}")
 
 
 def reference_up(features: int, use_bias: bool = True) -> nn.Module:
@@ -69,13 +60,13 @@ def check_all_impls(module_cls, impls: list, ref: nn.Module, x: jax.Array, out_s
     features, use_bias = ref.features, ref.use_bias
     params = random_params(ref, x, seed)
     for impl in impls:
-        got = jax.eval_shape(module_cls(features, use_bias, impl=impl).init, jax.random.key(0), x)
+        got = jax.eval_shape(module_cls(features, use_bias, conv=ConvChoice(impl)).init, jax.random.key(0), x)
         assert jax.tree.map(jnp.shape, got) == jax.tree.map(jnp.shape, params), impl
     cot = normal(out_shape, seed + 100)
 
     @jax.jit
     def run(params, x, cot):
-        mods = [ref] + [module_cls(features, use_bias, impl=impl) for impl in impls]
+        mods = [ref] + [module_cls(features, use_bias, conv=ConvChoice(impl)) for impl in impls]
         return [forward_and_grads(m, params, x, cot) for m in mods]
 
     want, *got = run(params, x, cot)
@@ -100,13 +91,12 @@ def test_down_matches_flax_conv(shape: tuple, impls: list) -> None:
 
 @pytest.mark.parametrize("fast,native,x_shape,k_shape", [
     (layers.up_gemm_vjp, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2)),
-    (layers.up_conv_vjp, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2)),
     (layers.up_subpixel, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2)),
     (layers.up_dgrad, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2)),
     (layers.down_gemm_vjp, layers.down_native, (2, 7, 6, 3), (4, 4, 3, 2)),
     pytest.param(layers.up_onednn, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2), marks=needs_onednn),
     pytest.param(layers.down_onednn, layers.down_native, (2, 7, 6, 3), (4, 4, 3, 2), marks=needs_onednn),
-], ids=["up_gemm", "up_conv", "up_subpixel", "up_dgrad", "down_odd", "up_onednn", "down_onednn_odd"])
+], ids=["up_gemm", "up_subpixel", "up_dgrad", "down_odd", "up_onednn", "down_onednn_odd"])
 def test_custom_vjp_second_order_matches_native(fast, native, x_shape: tuple, k_shape: tuple) -> None:
     """Reverse-over-reverse through the custom backward, as gradient penalties (R1, WGAN-GP) need."""
     x, k = normal(x_shape, 4), normal(k_shape, 5)
@@ -128,37 +118,15 @@ def test_batch_chunks_compute_the_same_function(module_cls, ref, in_hw: int, out
     x = normal((5, in_hw, in_hw, 4), 6)
     params = random_params(ref, x, 30)
     cot = normal((5, out_hw, out_hw, 3), 7)
-    run = jax.jit(lambda p, x, c: [forward_and_grads(m, p, x, c) for m in (ref, module_cls(3, batch_chunk=2))])
+    run = jax.jit(lambda p, x, c: [forward_and_grads(m, p, x, c) for m in (ref, module_cls(3, conv=ConvChoice("native", batch_chunk=2)))])
     want, got = run(params, x, cot)
     assert_trees_close(got, want, "batch_chunk=2")
 
 
-def test_batch_chunk_resolution() -> None:
-    assert layers.resolve_batch_chunk(0, backend="cpu") == 32  # measured: benchmarks/RESULTS.md
-    assert layers.resolve_batch_chunk(0, backend="gpu") is None  # the whole batch
-    assert layers.resolve_batch_chunk(8, backend="gpu") == 8
-    with pytest.raises(ValueError, match=r"batch_chunk=-1: expected an integer >= 0"):
-        layers.resolve_batch_chunk(-1)
+def test_batch_chunks_split_and_concatenate() -> None:
     x = jnp.ones((3, 2))
     assert layers.in_batch_chunks(lambda part: part * part.shape[0], x, 2).tolist() == [[2, 2], [2, 2], [1, 1]]
     assert layers.in_batch_chunks(lambda part: part * part.shape[0], x, None).tolist() == [[3, 3]] * 3
-
-
-def test_auto_impl_by_backend() -> None:
-    wide = "onednn" if onednn.available() else "subpixel"  # benchmarks/layers_cpu.py
-    assert layers.resolve_up_impl("auto", backend="cpu") == wide
-    assert layers.resolve_up_impl("auto", backend="cpu", features=8) == wide
-    assert layers.resolve_up_impl("auto", backend="cpu", features=8, dtype=jnp.bfloat16) == "subpixel"
-    assert layers.resolve_up_impl("auto", backend="cpu", features=3) == "gemm_vjp"  # image layers
-    assert layers.resolve_up_impl("auto", backend="gpu", features=256) == "dgrad"  # measured on an H100 (gpu_profile.py)
-    assert layers.resolve_up_impl("auto", backend="gpu") == "dgrad"
-    assert layers.resolve_up_impl("auto", backend="gpu", features=3) == "gemm_col2im"  # image layers
-    assert layers.resolve_up_impl("auto", backend="tpu") == "native"  # not measured: the compiler's own
-    assert layers.resolve_down_impl("auto", backend="cpu") == ("onednn" if onednn.available() else "gemm_vjp")
-    assert layers.resolve_down_impl("auto", backend="cpu", dtype=jnp.bfloat16) == "gemm_vjp"
-    assert layers.resolve_down_impl("auto", backend="gpu") == "native"
-    with pytest.raises(ValueError, match="impl='fast'"):
-        layers.resolve_up_impl("fast")
 
 
 def test_bad_input_rank_names_shape() -> None:
@@ -206,8 +174,8 @@ def test_up_matches_torch_conv_transpose2d() -> None:
     bias = rng.standard_normal((2,), dtype=np.float32)
     want = torch_reference("conv_transpose2d", x, w_torch, bias)
     params = {"params": {"kernel": layers.kernel_from_torch_conv_transpose(w_torch), "bias": jnp.asarray(bias)}}
-    impls = ["native", "auto"]  # the other impls are checked against native above
-    outs = jax.jit(lambda p, x: [layers.UpConv2x(2, impl=i).apply(p, x) for i in impls])(params, jnp.asarray(x))
+    impls = ["native", formulations.plan()["up"].formulation]  # the others are checked against native above
+    outs = jax.jit(lambda p, x: [layers.UpConv2x(2, conv=ConvChoice(i)).apply(p, x) for i in impls])(params, jnp.asarray(x))
     for impl, got in zip(impls, outs):
         np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=1e-5, err_msg=f"impl={impl}")
 
@@ -219,8 +187,8 @@ def test_down_matches_torch_conv2d() -> None:
     bias = rng.standard_normal((5,), dtype=np.float32)
     want = torch_reference("conv2d", x, w_torch, bias)
     params = {"params": {"kernel": layers.kernel_from_torch_conv(w_torch), "bias": jnp.asarray(bias)}}
-    impls = ["native", "auto"]
-    outs = jax.jit(lambda p, x: [layers.DownConv2x(5, impl=i).apply(p, x) for i in impls])(params, jnp.asarray(x))
+    impls = ["native", formulations.plan()["down"].formulation]
+    outs = jax.jit(lambda p, x: [layers.DownConv2x(5, conv=ConvChoice(i)).apply(p, x) for i in impls])(params, jnp.asarray(x))
     for impl, got in zip(impls, outs):
         np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=1e-5, err_msg=f"impl={impl}")
 
@@ -238,14 +206,14 @@ def test_dgrad_keeps_the_reversed_kernel_the_gpu_compiler_matches() -> None:
     assert " reverse(" not in cancelled  # what the barrier prevents
 
 
-@pytest.mark.parametrize("impl", ["gemm_vjp", "conv_vjp", "subpixel", "dgrad", "gemm_col2im", "subpixel3x3"])
+@pytest.mark.parametrize("impl", [f for f in formulations.UP_FORMULATIONS if f not in ("native", "onednn")])
 def test_up_formulations_equal_the_transposed_conv_in_float64(impl: str) -> None:
     """Exact rewrites agree with `lax.conv_transpose` to float64 rounding: values, input and kernel gradients."""
     with jax.enable_x64(True):
         x = jnp.asarray(np.random.default_rng(10).standard_normal((2, 5, 6, 4)))
         k = jnp.asarray(np.random.default_rng(11).standard_normal((4, 4, 4, 3)))
         cot = jnp.asarray(np.random.default_rng(12).standard_normal((2, 10, 12, 3)))
-        fn = layers._UP_FNS[impl]
+        fn = layers.UP_FNS[impl]
 
         def value_and_grads(f):
             y, vjp = jax.vjp(f, x, k)
@@ -257,7 +225,7 @@ def test_up_formulations_equal_the_transposed_conv_in_float64(impl: str) -> None
             np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12, err_msg=f"{impl}: {what}")
 
 
-@pytest.mark.parametrize("impl", ["gemm_vjp", "s2d_conv", "s2d_matmul", "s2d3x3"])
+@pytest.mark.parametrize("impl", [f for f in formulations.DOWN_FORMULATIONS if f not in ("native", "onednn")])
 @pytest.mark.parametrize("hw", [(6, 8), (7, 5)], ids=["even", "odd"])
 def test_down_formulations_equal_the_strided_conv_in_float64(impl: str, hw: tuple) -> None:
     """As above for `DownConv2x`'s rewrites against `lax.conv_general_dilated`, even and odd sizes."""
@@ -270,21 +238,7 @@ def test_down_formulations_equal_the_strided_conv_in_float64(impl: str, hw: tupl
             y, vjp = jax.vjp(f, x, k)
             return (y, *vjp(cot))
 
-        got, want = value_and_grads(layers._DOWN_FNS[impl]), value_and_grads(layers.down_native)
+        got, want = value_and_grads(layers.DOWN_FNS[impl]), value_and_grads(layers.down_native)
         assert got[0].dtype == jnp.float64
         for g, w, what in zip(got, want, ("value", "input gradient", "kernel gradient")):
             np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12, err_msg=f"{impl}: {what}")
-
-
-@pytest.mark.parametrize("up", ["subpixel3x3", "gemm_col2im"])
-def test_block_image_layers_meet_without_an_interleave(up: str) -> None:
-    """`subpixel3x3` and `gemm_col2im` write the image as unshifted 2x2 blocks and `s2d3x3` reads them:
-    between a generator's image layer and a discriminator's, XLA is left no transpose of the image."""
-    batch = 5
-    x, k_up, k_down = normal((batch, 8, 8, 16), 16), normal((4, 4, 16, 3), 17), normal((4, 4, 3, 8), 18)
-    both = jax.jit(lambda x, k_up, k_down: layers.down_s2d3x3(jnp.tanh(layers._UP_FNS[up](x, k_up)), k_down))
-    transposed = [line.split("=")[1].split("{")[0] for line in both.lower(x, k_up, k_down).compile().as_text().splitlines()
-                  if " transpose(" in line]
-    assert transposed and not [shape for shape in transposed if f"[{batch}," in shape], transposed  # kernels only
-    native = layers.down_native(jnp.tanh(layers.up_native(x, k_up)), k_down)
-    np.testing.assert_allclose(both(x, k_up, k_down), native, rtol=2e-5, atol=2e-5)
