@@ -19,31 +19,28 @@ resumed like any run. Then DIR holds:
 A finished run (its sweep_summary.json matching the config) is not rerun, so
 an interrupted sweep continues where it stopped.
 
---vmap stacks the runs that differ only in the seed or numeric
+--vmap trains the runs that differ only in the seed or numeric
 hyperparameters (the trainer's `VMAPPABLE` keys: learning rates, beta,
-penalty weights, EMA decay, ...) along a leading axis of the TrainState and
-trains them with `jax.vmap` of the same train step inside one jit, on one data
-stream: one compilation and one input pipeline for the whole group, and
-batched kernels. `--vmap` alone stacks every vmappable axis of the sweep and
-loops over the others (e.g. a loss x seed ablation: one vmapped program per
-loss); `--vmap seed,opt.lr` names the axes and refuses any that cannot be
-stacked (a width or an architecture changes the program). The members'
-numbers equal those of running them one by one on the same data (tested on
-CPU to float tolerance). One difference from sequential runs: a run's seed
-normally also shuffles its data; stacked members share the data order of the
-config's own seed, so a vmapped seed sweep varies initialisation and noise
-only. Stacked groups write their member workdirs (config.json,
-metrics.jsonl, a final checkpoint and sample grid, sweep_summary.json) but
-are not resumable mid-way: an unfinished group is retrained from the start.
-
-Speed (benchmarks/vmap_seeds.py, 8 seeds of dcgan28 at batch 128 on a shared
-2-core CPU): XLA:CPU turns convolutions with per-member kernels into slow
-grouped convolutions, so the vmapped step runs at 0.28x the throughput of 8
-sequential steps with the default convolutions (then `gemm_vjp`); with
-`--config.model.conv_impl=matmul` (GEMM-only, the same function) it matches
-them (1.02x), and a whole 10-step sweep finishes 1.45x sooner because it
-compiles, loads data and evaluates once instead of 8 times. The larger gains
-of stacking are on accelerators, where one member does not fill the device.
+penalty weights, EMA decay, ...) as members of one stack: one workdir
+DIR/stack[__<other axis values>] trained by the ordinary loop
+(`synthjax.train.train_stack`, synthjax/stack.py) with a leading member axis
+on the TrainState and `jax.vmap` of the same train step inside one jit. Runs
+that differ structurally (a width, an architecture, a loss) form separate
+stacks. `--vmap` alone stacks every vmappable axis; `--vmap seed,opt.lr`
+names the axes and refuses any that cannot be stacked. A stack has
+everything a single run has: its metrics.jsonl (rows carry `"member": i`,
+the index in its members.json), TensorBoard runs and sample grids per member
+(`tensorboard/<run name>`, `samples/<run name>/`), periodic evaluation, and
+checkpoints of the whole stack, so a killed sweep resumes where it stopped.
+Each member reads the data order of its own seed, as a run of its own would,
+and equals that run to float tolerance; `--config.sweep.shared_data_order=True`
+gives every member the first member's order (results.md says so). A member
+whose training goes non-finite is frozen and listed in the table's
+`diverged` column; `train.on_nonfinite='halt'` stops only when all have.
+On CPU a config may set `sweep.cpu_stack_overrides` for stacks (dcgan:
+GEMM-only convolutions, which stay GEMMs under vmap);
+`python -m synthjax.bench --members N` measures a stack against its members
+run one by one.
 """
 from __future__ import annotations
 
