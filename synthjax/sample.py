@@ -14,6 +14,7 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -22,15 +23,35 @@ from synthjax.checkpoint import Checkpointer
 from synthjax.config import load_config_dict
 from synthjax.data import get_source
 from synthjax.errors import UserError
+from synthjax.stack import StackState
 from synthjax.trainers import build_trainer
 
 
 CHECKPOINTS = {"latest": "checkpoints", "best": "checkpoints.best"}
 
 
-def load_run(workdir: str, checkpoint: str = "latest"):
+def stack_members(workdir: str) -> list[str] | None:
+    """The member names of a stack's workdir (its members.json), None for a single run."""
+    path = os.path.join(workdir, "members.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return [m["name"] for m in json.load(f)["members"]]
+
+
+def member_index(members: list[str], member: str, workdir: str) -> int:
+    """The index of `member` (a name from members.json or an index) in a stack."""
+    if member in members:
+        return members.index(member)
+    if member.isdigit() and int(member) < len(members):
+        return int(member)
+    raise UserError(f"{workdir!r} holds a stack of {len(members)} runs; pass --member with one of: {', '.join(members)} "
+                    f"(or an index 0..{len(members) - 1}); got {member!r}")
+
+
+def load_run(workdir: str, checkpoint: str = "latest", member: str = ""):
     """(config, trainer, state, step) of the latest checkpoint in `workdir`, or of the best one
-    (`checkpoint='best'`, kept by train.keep_best)."""
+    (`checkpoint='best'`, kept by train.keep_best); for a stack's workdir, of the run `member`."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise UserError(f"{workdir!r} is not a synthjax workdir (no config.json); pass the --workdir used for training")
@@ -41,6 +62,11 @@ def load_run(workdir: str, checkpoint: str = "latest"):
     # Restore into shapes only: initialising a real state op by op costs seconds.
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shapes = jax.eval_shape(trainer.create_state, jax.random.key(0))
+    members = stack_members(workdir)
+    if members:
+        index = member_index(members, member, workdir)
+        per_member = jax.tree.map(lambda s: jax.ShapeDtypeStruct((len(members), *s.shape), s.dtype), shapes)
+        shapes = StackState(per_member, jax.ShapeDtypeStruct((len(members),), jnp.int32))
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
     if checkpoint not in CHECKPOINTS:
         raise UserError(f"--checkpoint {checkpoint!r}: expected one of {', '.join(CHECKPOINTS)}")
@@ -51,6 +77,8 @@ def load_run(workdir: str, checkpoint: str = "latest"):
     if restored is None:
         raise UserError(f"no checkpoint in {workdir!r}; train first with python train.py --workdir {workdir}")
     state, _, step = restored
+    if members:
+        state = jax.tree.map(lambda x: x[index], state.members)
     return config, trainer, state, step
 
 
@@ -68,6 +96,7 @@ def main(argv=None) -> None:
     p.add_argument("--num", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.npz")
+    p.add_argument("--member", default="", help="for a stack's workdir (python -m synthjax.sweep --vmap): the run's name or index")
     p.add_argument("--checkpoint", default="latest", choices=sorted(CHECKPOINTS),
                    help="latest, or best: the one kept by train.keep_best")
     a = p.parse_args(argv)
@@ -76,7 +105,7 @@ def main(argv=None) -> None:
     try:
         if a.num <= 0:
             raise UserError(f"--num must be positive, got {a.num}")
-        _, trainer, state, step = load_run(a.workdir, a.checkpoint)
+        _, trainer, state, step = load_run(a.workdir, a.checkpoint, a.member)
         data = generate(trainer, state, a.num, a.seed)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -91,6 +91,12 @@ def _manual_losses(overrides, data_seed, steps):
     return losses
 
 
+def runs_state(workdir, step):
+    from helpers import runs
+
+    return runs.read_state(workdir, step)
+
+
 def _curve(workdir, member, key="loss"):
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     return [r[key] for r in rows if r.get("member") == member and key in r]
@@ -118,6 +124,13 @@ def test_vmapped_sweep_equals_runs_one_by_one(tmp_path):
     assert ckpt.latest_step() == 4  # the whole stack is checkpointed
     ckpt.close()
     assert os.path.exists(os.path.join(stack_dir, "samples", "objective.beta=4.0__seed=1", "step_0000004.png"))
+    from synthjax.sample import load_run  # synthjax.sample reads one member of the stack's checkpoint
+
+    _, _, member_state, step = load_run(stack_dir, member="objective.beta=4.0__seed=1")
+    whole = runs_state(stack_dir, 4)
+    assert step == 4 and np.array_equal(jax.tree.leaves(member_state.params)[0], jax.tree.leaves(whole["members"]["params"])[0][3])
+    with pytest.raises(UserError, match="holds a stack of 4 runs; pass --member with one of"):
+        load_run(stack_dir)
     assert len(_curve(stack_dir, 3)) == 2 and _curve(stack_dir, 2) != _curve(stack_dir, 3)
     # 2. Shared data order: the seed-1 member equals its plain step run alone on the data of the config's seed (0).
     shared = sweep.run_sweep(VAE, str(tmp_path / "shared"), ["objective.beta=4", "seed=0:2"], vmap=True,
