@@ -25,6 +25,7 @@ def slowed(feed, delay: float):
 
 if __name__ == "__main__":
     delay = float(sys.argv.pop(1))
+    sys.path.insert(0, REPO)  # this checkout's synthjax, not an installed copy (as train.py run from REPO gets)
     # Patch the name synthjax.train will import, without importing synthjax.train (or
     # anything that touches a JAX backend) before train.py calls jax.distributed.initialize.
     import synthjax.data
