@@ -58,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
             sample_every=500,
             ckpt_every=500,
             keep=3,
+            # Also keep the best checkpoint by a periodic evaluation metric (e.g. 'fid', 'neg_elbo': any
+            # eval/<name> the run logs) in checkpoints.best/; '': off. Lower is better except for is, precision, recall.
+            keep_best="",
             eval_every=0,  # 0: evaluate only at the end
             eval_batches=4,
             num_grid=64,  # images in each sample grid
@@ -85,6 +88,17 @@ def base_config() -> ml_collections.ConfigDict:
             num_ref=0,  # reference images; 0: the whole dataset
             seed=0,  # sample seed, fixed so successive evaluations differ only by the model
             resize="pytorch_fid",  # Inception input resize: 'pytorch_fid' (bilinear) or 'clean' (clean-fid's bicubic)
+        )
+    )
+    # Stacks: runs that differ only in seed or numeric hyperparameters trained as one vmapped
+    # program (python -m synthjax.sweep --vmap; synthjax/stack.py).
+    c.sweep = ml_collections.ConfigDict(
+        dict(
+            shared_data_order=False,  # True: every member reads the data order of the first member's seed
+            member_shards=1,  # devices along the mesh's `members` axis (the rest form the `data` axis)
+            # 'KEY=VALUE;...' applied to stacks of several members on CPU (formulations that stay fast under
+            # vmap; a config sets what its measurement favours, see docs/performance.md)
+            cpu_stack_overrides="",
         )
     )
     return c

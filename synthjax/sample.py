@@ -28,6 +28,7 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -36,11 +37,35 @@ from synthjax.checkpoint import Checkpointer
 from synthjax.config import load_config_dict
 from synthjax.data import get_source
 from synthjax.errors import UserError
+from synthjax.stack import StackState
 from synthjax.trainers import build_trainer
 
 
-def load_run(workdir: str):
-    """(config, trainer, state, step) of the latest checkpoint in `workdir`."""
+CHECKPOINTS = {"latest": "checkpoints", "best": "checkpoints.best"}
+
+
+def stack_members(workdir: str) -> list[str] | None:
+    """The member names of a stack's workdir (its members.json), None for a single run."""
+    path = os.path.join(workdir, "members.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return [m["name"] for m in json.load(f)["members"]]
+
+
+def member_index(members: list[str], member: str, workdir: str) -> int:
+    """The index of `member` (a name from members.json or an index) in a stack."""
+    if member in members:
+        return members.index(member)
+    if member.isdigit() and int(member) < len(members):
+        return int(member)
+    raise UserError(f"{workdir!r} holds a stack of {len(members)} runs; pass --member with one of: {', '.join(members)} "
+                    f"(or an index 0..{len(members) - 1}); got {member!r}")
+
+
+def load_run(workdir: str, checkpoint: str = "latest", member: str = ""):
+    """(config, trainer, state, step) of the latest checkpoint in `workdir`, or of the best one
+    (`checkpoint='best'`, kept by train.keep_best); for a stack's workdir, of the run `member`."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise UserError(f"{workdir!r} is not a synthjax workdir (no config.json); pass the --workdir used for training")
@@ -51,11 +76,23 @@ def load_run(workdir: str):
     # Restore into shapes only: initialising a real state op by op costs seconds.
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shapes = jax.eval_shape(trainer.create_state, jax.random.key(0))
+    members = stack_members(workdir)
+    if members:
+        index = member_index(members, member, workdir)
+        per_member = jax.tree.map(lambda s: jax.ShapeDtypeStruct((len(members), *s.shape), s.dtype), shapes)
+        shapes = StackState(per_member, jax.ShapeDtypeStruct((len(members),), jnp.int32))
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
-    restored = Checkpointer(workdir, keep=config.train.keep).restore(target)
+    if checkpoint not in CHECKPOINTS:
+        raise UserError(f"--checkpoint {checkpoint!r}: expected one of {', '.join(CHECKPOINTS)}")
+    restored = Checkpointer(workdir, keep=config.train.keep, name=CHECKPOINTS[checkpoint]).restore(target)
+    if restored is None and checkpoint == "best":
+        raise UserError(f"no best checkpoint in {workdir!r}; train with --config.train.keep_best=METRIC and eval.every > 0 "
+                        "(or --config.train.eval_every), or use --checkpoint latest")
     if restored is None:
         raise UserError(f"no checkpoint in {workdir!r}; train first with python train.py --workdir {workdir}")
     state, _, step = restored
+    if members:
+        state = jax.tree.map(lambda x: x[index], state.members)
     return config, trainer, state, step
 
 
@@ -131,6 +168,9 @@ def main(argv=None) -> None:
     p.add_argument("--truncation", type=float, default=0.0, help="truncate latents to [-T, T] (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.npz")
+    p.add_argument("--member", default="", help="for a stack's workdir (python -m synthjax.sweep --vmap): the run's name or index")
+    p.add_argument("--checkpoint", default="latest", choices=sorted(CHECKPOINTS),
+                   help="latest, or best: the one kept by train.keep_best")
     a = p.parse_args(argv)
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     tuning.apply()
@@ -143,7 +183,7 @@ def main(argv=None) -> None:
             raise UserError(f"--out {a.out!r} must end in .npz (numpy would write {a.out}.npz); e.g. --out {a.out}.npz")
         if a.truncation < 0:
             raise UserError(f"--truncation must be >= 0 (0: no truncation), got {a.truncation}")
-        config, trainer, state, step = load_run(a.workdir)
+        config, trainer, state, step = load_run(a.workdir, a.checkpoint, a.member)
         arrays, grid_images, ncol = export(a, config, trainer, state)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
