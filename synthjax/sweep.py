@@ -20,7 +20,7 @@ A finished run (its sweep_summary.json matching the config) is not rerun, so
 an interrupted sweep continues where it stopped.
 
 --vmap stacks the runs that differ only in the seed or numeric
-hyperparameters (the trainer's `VMAPPABLE` keys: learning rates, beta,
+hyperparameters (the trainer's `vmappable_keys`: learning rates, beta,
 penalty weights, EMA decay, ...) along a leading axis of the TrainState and
 trains them with `jax.vmap` of the same train step inside one jit, on one data
 stream: one compilation and one input pipeline for the whole group, and
@@ -234,10 +234,8 @@ def check_runs(runs: list[Run]) -> dict[str, Any]:
 
 
 def vmappable_keys(trainer) -> tuple[str, ...]:
-    """The config keys a trainer lets --vmap stack ('' when it has no `train_step_with`)."""
-    if not hasattr(trainer, "train_step_with"):
-        return ()
-    return tuple(getattr(trainer, "VMAPPABLE", ()))
+    """The config keys a trainer lets --vmap stack (its declared `vmappable_keys`; empty when it offers none)."""
+    return tuple(trainer.vmappable_keys)
 
 
 def vmap_axes(axes: list[Axis], requested: str, trainers: dict[str, Any]) -> list[str]:
@@ -326,7 +324,7 @@ def _member(tree: Any, i: int) -> Any:
 
 
 def run_stacked(runs: list[Run], trainers: list, data_seed: int, log=print) -> list[dict]:
-    """Train `runs` (differing only in VMAPPABLE values) as one vmapped program; returns their summaries.
+    """Train `runs` (differing only in `vmappable_keys` values) as one vmapped program; returns their summaries.
 
     Mirrors synthjax.train's loop for each member: the same key derivation
     from its seed (init, step, eval, grid keys), the same data pipeline
@@ -560,7 +558,7 @@ class SweepResult:
 
 def default_metric(trainers: dict, summaries: list[dict]) -> str:
     """The trainer's `sweep_metric` when it logged one, else the first logged training metric."""
-    preferred = getattr(next(iter(trainers.values())), "sweep_metric", "")
+    preferred = next(iter(trainers.values())).sweep_metric
     keys = sorted(k for k in summaries[0] if k not in ("step", "seconds", "skipped") and not k.startswith("eval/"))
     return preferred if preferred in summaries[0] else (keys[0] if keys else "step")
 

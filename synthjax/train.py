@@ -270,12 +270,8 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def check_inputs(trainer, source) -> None:
-    """Requirements a trainer states as attributes, checked before anything is compiled.
-
-    `requires_labels = True` on a trainer class (e.g. a class-conditional
-    model) demands a labelled dataset.
-    """
-    if getattr(trainer, "requires_labels", False) and not source.has_labels:
+    """Requirements a trainer declares (`Trainer.requires_labels`), checked before anything is compiled."""
+    if trainer.requires_labels and not source.has_labels:
         raise UserError(
             f"model.family={trainer.family!r} is conditional and needs class labels, but dataset {source.name!r} has none; "
             "use a labelled dataset (an .npz with a 'labels' array, or a folder with one sub-folder per class)"
