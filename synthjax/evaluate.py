@@ -1,7 +1,7 @@
 """Evaluate a trained run: FID, KID, Inception Score, precision/recall and likelihood.
 
     python -m synthjax.evaluate --workdir runs/dcgan [--metrics fid,kid,is,pr,nll] [--num 10000]
-        [--extractor mnist_classifier|inception] [--inception-weights PATH] [--iwae-k 1000]
+        [--extractor mnist_classifier|inception] [--inception-weights PATH] [--iwae-k 1000] [--config.KEY VALUE ...]
 
 Samples `--num` images from the latest checkpoint (`synthjax.sample`), extracts
 features with the chosen extractor and compares them with reference
@@ -27,12 +27,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
+from synthjax import config as config_lib
 from synthjax import tuning
 from synthjax.errors import UserError
 from synthjax.images import to_uint8
@@ -363,13 +364,15 @@ def periodic_evaluator(config: ml_collections.ConfigDict, trainer, log: Callable
 
 
 def evaluate_workdir(
-    workdir: str, settings: EvalSettings, split: str = "", out: str = "", log: Callable[[str], None] = print
+    workdir: str, settings: EvalSettings, split: str = "", out: str = "", log: Callable[[str], None] = print,
+    overrides: Sequence[str] = (),
 ) -> dict:
-    """Evaluate the latest checkpoint of `workdir`, write `out` (default `workdir/eval.json`) and return its contents."""
+    """Evaluate the latest checkpoint of `workdir` (its saved config with `overrides`), write `out` (default
+    `workdir/eval.json`) and return its contents."""
     from synthjax.sample import load_run
 
     t0 = time.perf_counter()
-    config, trainer, state, step = load_run(workdir)
+    config, trainer, state, step = load_run(workdir, overrides)
     if split:
         config.data.split = split
     evaluator = Evaluator(config, trainer, settings, log)
@@ -416,11 +419,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="", help="dataset split for references and nll (default: the run's data.split)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="", help="result file (default WORKDIR/eval.json, replaced by each evaluation)")
-    a = p.parse_args(argv)
+    try:
+        rest, overrides = config_lib.split_overrides(sys.argv[1:] if argv is None else argv)
+    except UserError as e:
+        p.error(str(e))
+    a = p.parse_args(rest)
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     tuning.apply()
     try:
-        result = evaluate_workdir(a.workdir, _settings_from_args(a), a.split, a.out)
+        result = evaluate_workdir(a.workdir, _settings_from_args(a), a.split, a.out, overrides=overrides)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

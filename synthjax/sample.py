@@ -1,10 +1,12 @@
 """Export samples from a trained run.
 
-    python -m synthjax.sample --workdir runs/dcgan --num 10000 --seed 0 --out samples.npz
+    python -m synthjax.sample --workdir runs/dcgan --num 10000 --seed 0 --out samples.npz [--config.KEY VALUE ...]
 
 Writes uint8 images (N, H, W, C) under the key `images` from the latest
 checkpoint (the EMA generator for GANs), plus a PNG grid of the first 64 next
 to the .npz. The same checkpoint and seed always give the same file.
+`--config.KEY VALUE` (or `=VALUE`) overrides a field of the run's saved
+config, e.g. `--config.data.path` when the data has moved.
 """
 from __future__ import annotations
 
@@ -19,19 +21,19 @@ from absl import logging
 
 from synthjax import images, tuning
 from synthjax.checkpoint import Checkpointer
-from synthjax.config import load_config_dict
+from synthjax.config import apply_overrides, load_config_dict, split_overrides
 from synthjax.data import get_source
 from synthjax.errors import UserError
 from synthjax.trainers import build_trainer
 
 
-def load_run(workdir: str):
-    """(config, trainer, state, step) of the latest checkpoint in `workdir`."""
+def load_run(workdir: str, overrides: list[str] | tuple[str, ...] = ()):
+    """(config, trainer, state, step) of the latest checkpoint in `workdir`, its saved config with `overrides` applied."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise UserError(f"{workdir!r} is not a synthjax workdir (no config.json); pass the --workdir used for training")
     with open(path) as f:
-        config = load_config_dict(json.load(f))
+        config = apply_overrides(load_config_dict(json.load(f)), overrides)
     source = get_source(config.data)
     trainer = build_trainer(config, source.image_shape, source.num_classes)
     # Restore into shapes only: initialising a real state op by op costs seconds.
@@ -59,13 +61,17 @@ def main(argv=None) -> None:
     p.add_argument("--num", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.npz")
-    a = p.parse_args(argv)
+    try:
+        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    except UserError as e:
+        p.error(str(e))
+    a = p.parse_args(rest)
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     tuning.apply()
     try:
         if a.num <= 0:
             raise UserError(f"--num must be positive, got {a.num}")
-        _, trainer, state, step = load_run(a.workdir)
+        _, trainer, state, step = load_run(a.workdir, overrides)
         data = generate(trainer, state, a.num, a.seed)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

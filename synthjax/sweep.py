@@ -640,20 +640,6 @@ def run_sweep(
     return write_results(workdir, runs, ordered, metric or default_metric(trainers, ordered))
 
 
-def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Take `--config.KEY=VALUE` out of argv (as train.py does)."""
-    rest, overrides = [], []
-    for arg in argv:
-        if arg.startswith("--config."):
-            key, eq, value = arg[len("--config.") :].partition("=")
-            if not eq:
-                raise UserError(f"{arg} needs a value, e.g. {arg}=VALUE")
-            overrides.append(f"{key}={value}")
-        else:
-            rest.append(arg)
-    return rest, overrides
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m synthjax.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -665,7 +651,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vmap", nargs="?", const="auto", default="", metavar="AXES",
                         help="stack vmappable axes in one program; optionally name them (comma-separated)")
     try:
-        rest, overrides = _split_overrides(list(sys.argv[1:] if argv is None else argv))
+        rest, overrides = config_lib.split_overrides(sys.argv[1:] if argv is None else argv)
         args = parser.parse_args(rest)
         from absl import logging
 

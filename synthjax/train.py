@@ -237,7 +237,11 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     new = flatten(config_lib.to_dict(config))
     if os.path.exists(path):
         old = flatten(_read_json(path))
-        changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        # A field the code no longer has (deleted because nothing read it) cannot have shaped the saved run.
+        retired = sorted(set(old) - set(new))
+        if retired and jax.process_index() == 0:
+            print(f"synthjax: ignoring settings of {workdir}/config.json that are no longer config fields: {', '.join(retired)}")
+        changed = [k for k in sorted(new) if old.get(k) != new.get(k)]
         structural = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed if k.startswith(STRUCTURAL_PREFIXES)]
         if structural:
             raise UserError(
