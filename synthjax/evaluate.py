@@ -3,18 +3,24 @@
     python -m synthjax.evaluate --workdir runs/dcgan [--metrics fid,kid,is,pr,nll] [--num 10000]
         [--extractor mnist_classifier|inception] [--inception-weights PATH] [--iwae-k 1000] [--config.KEY VALUE ...]
 
+Held-out protocol: references and likelihoods come from the test split
+(`data.eval_split`, default 'test'; `--split` overrides it), never from the
+images the model trained on (`data.split`). The bundled MNIST test split is a
+fixed, class-stratified 2,000 of its 10,000 digits (synthjax.data.sources).
+
 Samples `--num` images from the latest checkpoint (`synthjax.sample`), extracts
 features with the chosen extractor and compares them with reference
-statistics of the run's dataset, cached on disk per dataset and extractor
+statistics of the test split, cached on disk per image content and extractor
 weights hash (`synthjax.metrics.reference`). `nll` asks the trainer for
-`log_likelihood` (an IWAE bound for VAEs, exact for autoregressive models).
-Writes `eval.json` in the workdir: metrics, sample count, extractor name and
-weights hash, checkpoint step and dataset. The default extractor is a small
+`log_likelihood` (an IWAE bound for VAEs, exact for autoregressive models) of
+the first `--nll-num` test images. Writes `eval.json` in the workdir: metrics,
+the split they were measured on, sample count, extractor name and weights
+hash, checkpoint step and dataset. The default extractor is a small
 MNIST classifier trained into `$SYNTHJAX_CACHE` (or `~/.cache/synthjax`) on
 first use; see docs/metrics.md for what each number means and compares to.
 
 The same `Evaluator` runs inside training at `eval.every` steps
-(`periodic_evaluator`), logging `eval/fid` and friends to metrics.jsonl.
+(`periodic_evaluator`), logging `eval/fid` and friends, and `eval/split`, to metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -167,12 +173,17 @@ def check_sample_counts(metrics: tuple[str, ...], num: int, num_ref: int | None,
 # ----------------------------------------------------------------------------- data
 
 
+def eval_split(data_cfg: ml_collections.ConfigDict) -> str:
+    """The split evaluation reads: `data.eval_split` ('test' unless set)."""
+    return data_cfg.get("eval_split", "test") or "test"
+
+
 def dataset_description(data_cfg: ml_collections.ConfigDict, num_ref: int) -> dict:
-    """The fields that determine the reference images (hashed into the reference cache key)."""
+    """Which reference images were used, for eval.json and the reference cache file's name."""
     return {
         "name": data_cfg.name,
         "path": os.path.abspath(data_cfg.path) if data_cfg.get("path") else "",
-        "split": data_cfg.get("split", "train"),
+        "split": eval_split(data_cfg),
         "image_size": data_cfg.get("image_size", 0),
         "num_ref": num_ref,
     }
@@ -256,7 +267,8 @@ class Evaluator:
         self.config, self.trainer, self.log = config, trainer, log
         self.settings = validate_settings(settings)
         self.metrics = self._resolve_metrics(settings.metrics)
-        self.source = get_source(config.data)
+        self.split = eval_split(config.data)
+        self.source = get_source(config.data, self.split)  # held out: never the training images
         self.sample_metrics = tuple(m for m in self.metrics if m in SAMPLE_METRICS)
         self.extractor = self.ref = None
         if self.sample_metrics:
@@ -313,15 +325,16 @@ class Evaluator:
     def describe(self) -> dict:
         """What the numbers were computed with, for eval.json."""
         s = self.settings
-        info: dict[str, Any] = {"metrics_requested": list(self.metrics), "num_samples": s.num, "seed": s.seed}
+        info: dict[str, Any] = {"split": self.split, "metrics_requested": list(self.metrics), "num_samples": s.num, "seed": s.seed}
         if self.extractor is not None:
             info["extractor"] = {"kind": s.extractor, "name": self.extractor.name, "weights_sha256": self.extractor.weights_hash}
             if isinstance(self.extractor, classifier_lib.ClassifierFeatureExtractor):
-                info["extractor"]["heldout_accuracy"] = self.extractor.meta.get("heldout_accuracy")
+                info["extractor"]["test_accuracy"] = self.extractor.meta.get("test_accuracy")
             info["reference"] = {"num": self.ref.num, "path": str(self.ref.path), "key": self.ref.key, "cached": self.ref.cached}
         if "nll" in self.metrics:
             n = min(s.nll_num, len(self.source))
-            info["nll"] = {"num_images": n, "iwae_k": s.iwae_k, "convention": nll_convention(self.config, self.trainer, s.iwae_k, s.seed)}
+            info["nll"] = {"num_images": n, "split": self.split, "iwae_k": s.iwae_k,
+                           "convention": nll_convention(self.config, self.trainer, s.iwae_k, s.seed)}
         return info
 
 
@@ -329,7 +342,7 @@ class Evaluator:
 
 
 class PeriodicEvaluator:
-    """`eval.every`-step evaluation inside `train_and_evaluate`, returning `eval/<metric>` scalars."""
+    """`eval.every`-step evaluation inside `train_and_evaluate`, returning `eval/<metric>` scalars and `eval/split`."""
 
     def __init__(self, evaluator: Evaluator, every: int):
         self.evaluator, self.every = evaluator, every
@@ -337,8 +350,8 @@ class PeriodicEvaluator:
     def due(self, step: int, last_step: int) -> bool:
         return step % self.every == 0 or step == last_step
 
-    def __call__(self, state: Any) -> dict[str, float]:
-        return {f"eval/{k}": v for k, v in self.evaluator(state).items()}
+    def __call__(self, state: Any) -> dict[str, float | str]:
+        return {**{f"eval/{k}": v for k, v in self.evaluator(state).items()}, "eval/split": self.evaluator.split}
 
 
 def settings_from_config(eval_cfg: ml_collections.ConfigDict) -> EvalSettings:
@@ -367,14 +380,14 @@ def evaluate_workdir(
     workdir: str, settings: EvalSettings, split: str = "", out: str = "", log: Callable[[str], None] = print,
     overrides: Sequence[str] = (),
 ) -> dict:
-    """Evaluate the latest checkpoint of `workdir` (its saved config with `overrides`), write `out` (default
-    `workdir/eval.json`) and return its contents."""
+    """Evaluate the latest checkpoint of `workdir` (its saved config with `overrides`) on `split` (default: the
+    run's data.eval_split, 'test'), write `out` (default `workdir/eval.json`) and return its contents."""
     from synthjax.sample import load_run
 
     t0 = time.perf_counter()
     config, trainer, state, step = load_run(workdir, overrides)
     if split:
-        config.data.split = split
+        config.data.eval_split = split
     evaluator = Evaluator(config, trainer, settings, log)
     values = evaluator(state)
     result = {
@@ -416,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iwae-k", type=int, default=1000, help="importance samples per image for IWAE likelihoods")
     p.add_argument("--nll-num", type=int, default=1000, help="dataset images for the nll metric")
     p.add_argument("--num-ref", type=int, default=0, help="reference images (0: the whole dataset)")
-    p.add_argument("--split", default="", help="dataset split for references and nll (default: the run's data.split)")
+    p.add_argument("--split", default="", help="dataset split for references and nll (default: the run's data.eval_split, 'test')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="", help="result file (default WORKDIR/eval.json, replaced by each evaluation)")
     try:

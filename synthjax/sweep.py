@@ -71,6 +71,7 @@ from synthjax.errors import UserError
 
 SUMMARY = "sweep_summary.json"
 SEED = "seed"
+SPLIT_KEY = "eval/split"  # which data split the eval/ figures were measured on
 RANGE = re.compile(r"^(-?\d+):(-?\d+)(?::(-?\d+))?$")
 
 
@@ -351,7 +352,8 @@ def run_stacked(runs: list[Run], trainers: list, data_seed: int, log=print) -> l
         with open(os.path.join(run.workdir, "vmap_group.json"), "w") as f:
             json.dump({"members": [r.name for r in runs], "data_seed": data_seed}, f, indent=1)
     pipeline = build_pipeline(source, t.batch_size, data_seed, trainer.preprocess, base.data.num_threads, base.data.prefetch)
-    eval_pipeline = build_pipeline(source, t.batch_size, data_seed + 7919, trainer.preprocess, 0, 2)
+    eval_source = get_source(base.data, base.data.eval_split)  # held out, as synthjax.train
+    eval_pipeline = build_pipeline(eval_source, t.batch_size, data_seed + 7919, trainer.preprocess, 0, 2)
     member_keys = [jax.random.split(jax.random.key(run.config.seed), 4) for run in runs]
     init_keys, step_keys, eval_keys, grid_keys = (jnp.stack([k[j] for k in member_keys]) for j in range(4))
 
@@ -392,6 +394,7 @@ def run_stacked(runs: list[Run], trainers: list, data_seed: int, log=print) -> l
         summaries = []
         for i, run in enumerate(runs):
             state_i = local_copy(_member(states, i))
+            final[i]["eval/split"] = run.config.data.eval_split
             writers[i].write(t.num_steps, final[i])
             extra = {}
             evaluator = periodic_evaluator(run.config, trainers[i], log=log)
@@ -496,7 +499,7 @@ def mean_std(values: list[float]) -> str:
 
 def markdown_table(runs: list[Run], summaries: list[dict], metric: str) -> str:
     """One row per variant: its non-seed axis values, the number of seeds and mean ± std of the metrics."""
-    columns = [metric] + sorted({k for s in summaries for k in s if k.startswith("eval/") and k != metric})
+    columns = [metric] + sorted({k for s in summaries for k in s if k.startswith("eval/") and k not in (metric, SPLIT_KEY)})
     variants: dict[tuple, list[dict]] = {}
     for run, summary in zip(runs, summaries):
         variants.setdefault(variant_of(run), []).append(summary)
@@ -571,7 +574,8 @@ def write_results(workdir: str, runs: list[Run], summaries: list[dict], metric: 
     table = markdown_table(runs, summaries, metric)
     table_path = os.path.join(workdir, "results.md")
     with open(table_path, "w") as f:
-        f.write(f"# Sweep results ({len(runs)} runs; final values, mean ± std over seeds)\n\n{table}")
+        splits = ", ".join(sorted({str(s[SPLIT_KEY]) for s in summaries if SPLIT_KEY in s})) or "none"
+        f.write(f"# Sweep results ({len(runs)} runs; final values, mean ± std over seeds; eval/ columns measured on split: {splits})\n\n{table}")
     plot_path = os.path.join(workdir, re.sub(r"[^A-Za-z0-9._-]", "_", metric) + ".png")
     plot_metric(plot_path, runs, metric)
     return SweepResult(runs, summaries, metric, csv_path, table_path, plot_path, table)

@@ -157,7 +157,8 @@ class MetricWriter:
 
     def _tensorboard(self, step: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():
-            self.tb.add_scalar(name, value, step)
+            if not isinstance(value, str):  # e.g. eval/split: in metrics.jsonl, not a TensorBoard scalar
+                self.tb.add_scalar(name, value, step)
 
     def close(self) -> None:
         if self.enabled:
@@ -388,7 +389,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     t = config.train
 
     pipeline = build_pipeline(source, t.batch_size, config.seed, trainer.preprocess, config.data.num_threads, config.data.prefetch)
-    eval_pipeline = build_pipeline(source, t.batch_size, config.seed + 7919, trainer.preprocess, 0, 2)
+    # Held out: eval_step batches come from data.eval_split ('test'), never from the training images.
+    eval_pipeline = build_pipeline(get_source(config.data, config.data.eval_split), t.batch_size, config.seed + 7919,
+                                   trainer.preprocess, 0, 2)
     init_key, step_key, eval_key, grid_key = jax.random.split(jax.random.key(config.seed), 4)
 
     checkpointer = Checkpointer(workdir, keep=t.keep)
@@ -471,7 +474,7 @@ def _loop(config, workdir, dp, trainer, pipeline, eval_pipeline, checkpointer, w
             t_log, step_log = now, step
             progress.update(step, {**scalars, "steps_per_sec": rate})
         if t.eval_every and step % t.eval_every == 0:
-            writer.write(step, run_eval())
+            writer.write(step, {**run_eval(), "eval/split": config.data.eval_split})
         if sample_eval is not None and sample_eval.due(step, t.num_steps):
             if is_main:  # host-only work, no collectives
                 writer.write(step, sample_eval(local_copy(dp.host_state(state))))
@@ -491,9 +494,9 @@ def _loop(config, workdir, dp, trainer, pipeline, eval_pipeline, checkpointer, w
 
     final_eval = run_eval()
     if done:  # a rerun of a finished run adds nothing to its logs
-        writer.write(step, final_eval)
+        writer.write(step, {**final_eval, "eval/split": config.data.eval_split})
     grid = save_grid(step)
-    summary = {**scalars, **final_eval, "step": step, "seconds": elapsed}
+    summary = {**scalars, **final_eval, "eval/split": config.data.eval_split, "step": step, "seconds": elapsed}
     rate = f"{done / elapsed:.2f} steps/s" if done and elapsed > 0 else "no new steps"
     losses = ", ".join(f"{k}={v:.4g}" for k, v in final_eval.items())
     if is_main:

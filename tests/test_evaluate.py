@@ -19,7 +19,7 @@ import pytest
 
 from synthjax import evaluate as ev
 from synthjax.config import load_config
-from synthjax.data import load_bundled_mnist
+from synthjax.data import bundled_split_indices, load_bundled_mnist
 from synthjax.errors import UserError
 from synthjax.metrics import classifier as clf
 from synthjax.metrics import frechet_distance, gaussian_stats, reference
@@ -46,7 +46,7 @@ def cache(tmp_path_factory):
     """A private $SYNTHJAX_CACHE holding a classifier trained for a few steps (the default trains 2000)."""
     with built_once(tmp_path_factory, "synthjax-eval-cache") as (root, done):
         if not done:
-            clf.train_and_save(root / clf.WEIGHTS_FILE, steps=40, holdout=1000, **QUIET)
+            clf.train_and_save(root / clf.WEIGHTS_FILE, steps=40, **QUIET)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SYNTHJAX_CACHE", str(root))
         yield root
@@ -79,6 +79,7 @@ def test_periodic_evaluation_is_logged_like_other_metrics(gan_run):
     lines = [json.loads(line) for line in open(os.path.join(gan_run, "metrics.jsonl"))]
     evals = [r for r in lines if "eval/fid" in r]
     assert [r["step"] for r in evals] == [3, 6]
+    assert all(r["eval/split"] == "test" for r in lines if any(k.startswith("eval/") for k in r))
     for r in evals:
         for key in ("eval/fid", "eval/kid", "eval/is", "eval/precision", "eval/recall"):
             assert math.isfinite(r[key]), (key, r)
@@ -89,6 +90,7 @@ def test_evaluate_workdir_writes_eval_json_with_finite_metrics(gan_workdir, extr
     saved = json.load(open(os.path.join(gan_workdir, "eval.json")))
     assert saved == json.loads(json.dumps(result))
     assert saved["step"] == 6 and saved["num_samples"] == 200 and saved["dataset"]["name"] == "mnist_bundled"
+    assert saved["split"] == saved["dataset"]["split"] == "test" and saved["reference"]["num"] == 500
     assert saved["extractor"]["weights_sha256"] == extractor.weights_hash
     for key in ("fid", "kid", "kid_std", "is", "is_std", "is_real", "precision", "recall"):
         assert math.isfinite(saved["metrics"][key]), key
@@ -123,21 +125,17 @@ def test_evaluator_draws_the_samples_synthjax_sample_exports(gan_run, cache):
     np.testing.assert_array_equal(evaluator.generate(state), generate(trainer, state, 200, 0))
 
 
-def test_reference_statistics_computed_once_per_key(extractor, tmp_path):
+def test_reference_statistics_are_keyed_by_image_content_not_path(extractor, tmp_path):
     images = load_bundled_mnist()[0][:300]
-    calls = []
-
-    def load():
-        calls.append(1)
-        return images
-
-    dataset = {"name": "mnist_bundled", "num_ref": 300}
-    a = reference.load_or_compute(dataset, load, extractor, root=tmp_path, **QUIET)
-    b = reference.load_or_compute(dataset, load, extractor, root=tmp_path, **QUIET)
-    assert len(calls) == 1 and not a.cached and b.cached
+    dataset = {"name": "npz", "path": "/data/a.npz", "split": "test"}
+    a = reference.load_or_compute(dataset, lambda: images, extractor, root=tmp_path, **QUIET)
+    b = reference.load_or_compute({**dataset, "path": "/elsewhere/copy.npz"}, lambda: images.copy(), extractor, root=tmp_path, **QUIET)
+    assert not a.cached and b.cached and a.key == b.key  # the same images stored elsewhere: the same entry
     np.testing.assert_array_equal(a.sigma, b.sigma)
-    reference.load_or_compute({**dataset, "split": "test"}, load, extractor, root=tmp_path, **QUIET)
-    assert len(calls) == 2  # another dataset description is another key
+    changed = images.copy()
+    changed[0, 0, 0, 0] ^= 1  # one pixel differs: another key
+    c = reference.load_or_compute(dataset, lambda: changed, extractor, root=tmp_path, **QUIET)
+    assert not c.cached and c.key != a.key
 
 
 def test_fid_of_real_data_is_zero_against_itself_and_large_against_noise(extractor):
@@ -160,7 +158,7 @@ def vae():
     config = load_config(os.path.join(REPO, "configs/vae_mlp.py:smoke"), ["train.batch_size=64"])
     trainer = build_trainer(config, (28, 28, 1))
     dp = DataParallel("shard_map")
-    images, rng = load_bundled_mnist()[0], np.random.default_rng(1)
+    images, rng = load_bundled_mnist()[0][bundled_split_indices("train")], np.random.default_rng(1)
     state = dp.put_state(jax.jit(trainer.create_state)(jax.random.key(0)))
     step = dp.compile_step(trainer.train_step)
     for i in range(30):
@@ -179,8 +177,10 @@ def test_vae_nll_is_an_iwae_bound_at_or_above_the_elbo(vae):
     convention = evaluator.describe()["nll"]["convention"]
     assert "{0,1}^D" in convention and "k=64" in convention
 
-    # The images the evaluator scored: the first 100, binarised once with the evaluation seed.
-    x = trainer.preprocess({"image": load_bundled_mnist()[0][:100], "label": None}, np.random.default_rng(0))["image"]
+    # The images the evaluator scored: the first 100 of the test split, binarised once with the evaluation seed.
+    test_images = load_bundled_mnist()[0][bundled_split_indices("test")[:100]]
+    x = trainer.preprocess({"image": test_images, "label": None}, np.random.default_rng(0))["image"]
+    assert evaluator.describe()["nll"]["split"] == "test"
     eval_step = dp.compile_eval(trainer.eval_step)
     batch = dp.put_batch({"image": x})
     neg_elbo = np.mean([float(eval_step(state, batch, jax.random.key(k))["neg_elbo"]) for k in range(4)])

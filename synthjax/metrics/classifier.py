@@ -1,9 +1,10 @@
 """A small domain classifier for grey digit-sized images: the offline feature extractor for FID/KID/PR/IS.
 
 The FID Inception needs weights that are not available offline and was never
-trained on digits. This module trains a two-convolution CNN on a labelled
-split (for MNIST offline: the bundled 10k test split, of which a seeded
-`holdout` part is kept out of training to measure accuracy) and wraps it as a
+trained on digits. This module trains a two-convolution CNN on the train
+split of a labelled dataset (for MNIST offline: the 8,000 bundled train
+digits) and measures its accuracy on the test split (the 2,000 bundled test
+digits, the same images FID references come from), and wraps it as a
 `FeatureExtractor`: the 128-d penultimate (post-ReLU) activations are the
 features for an MNIST-domain FID / KID / precision-recall, and the softmax over
 the 10 classes gives an MNIST Inception Score. Numbers computed with it are
@@ -13,8 +14,10 @@ report and every reference-statistics cache key.
 
     python -m synthjax.metrics.classifier --out ~/.cache/synthjax [--data mnist_bundled] [--steps 2000]
 
-writes `mnist_classifier.npz` (flat Flax variables plus a JSON `__meta__`
-record: dataset, split, steps, held-out accuracy, weights sha256).
+writes `mnist_classifier_trainsplit.npz` (flat Flax variables plus a JSON `__meta__`
+record: dataset, steps, train/test sizes, `test_accuracy`, weights sha256). The
+file name differs from that of earlier classifiers, which trained on the test
+digits, so such a cached file is never reused.
 """
 
 from __future__ import annotations
@@ -42,10 +45,9 @@ from synthjax.errors import UserError
 from synthjax.metrics.extractors import FeatureExtractor, InputSpec
 
 ARCH = "cnn16s2-32s2-128-v1"
-WEIGHTS_FILE = "mnist_classifier.npz"
+WEIGHTS_FILE = "mnist_classifier_trainsplit.npz"
 META_KEY = "__meta__"
 DEFAULT_STEPS = 2000
-DEFAULT_HOLDOUT = 2000
 DEFAULT_BATCH = 128
 FEATURE_DIM = 128
 TRAIN_COMMAND = "python -m synthjax.metrics.classifier --out {out}"
@@ -141,29 +143,21 @@ def _train_step(params, opt_state, images_uint8, labels, key, lr, num_classes: i
     return optax.apply_updates(params, updates), opt_state, loss
 
 
-def load_labelled(data_name: str = "mnist_bundled", data_path: str = "") -> tuple[np.ndarray, np.ndarray, str]:
-    """(images uint8 NHWC, int labels, dataset name) of a labelled synthjax data source."""
+def load_labelled(data_name: str = "mnist_bundled", data_path: str = "", split: str = "train") -> tuple[np.ndarray, np.ndarray, str]:
+    """(images uint8 NHWC, int labels, dataset name) of one split of a labelled synthjax data source."""
     from synthjax.config import base_config
     from synthjax.data import get_source
 
     data_cfg = base_config().data
     data_cfg.update(dict(name=data_name, path=data_path))
-    source = get_source(data_cfg)
+    source = get_source(data_cfg, split)
     if not source.has_labels:
-        raise UserError(f"dataset {source.name!r} has no labels; the classifier needs a labelled split (e.g. --data mnist_bundled)")
+        raise UserError(f"dataset {source.name!r} has no labels; the classifier needs a labelled dataset (e.g. --data mnist_bundled)")
     records = source.records
     if hasattr(records, "images") and records.labels is not None:
         return np.asarray(records.images), np.asarray(records.labels, np.int32), source.name
     items = [records[i] for i in range(len(records))]
     return np.stack([r["image"] for r in items]), np.array([r["label"] for r in items], np.int32), source.name
-
-
-def split_holdout(num: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, held-out indices): a seeded permutation, the first `holdout` held out."""
-    if not 0 < holdout < num:
-        raise UserError(f"--holdout={holdout} must lie in (0, {num}), the number of labelled images")
-    order = np.random.default_rng(seed).permutation(num)
-    return np.sort(order[holdout:]), np.sort(order[:holdout])
 
 
 def accuracy(params: dict, images: np.ndarray, labels: np.ndarray, num_classes: int, batch: int = 1000) -> float:
@@ -176,19 +170,20 @@ def accuracy(params: dict, images: np.ndarray, labels: np.ndarray, num_classes: 
 
 
 def train_classifier(
-    images: np.ndarray, labels: np.ndarray, steps: int = DEFAULT_STEPS, holdout: int = DEFAULT_HOLDOUT,
+    train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], steps: int = DEFAULT_STEPS,
     seed: int = 0, batch_size: int = DEFAULT_BATCH, log=print,
 ) -> tuple[dict, dict]:
-    """Train on all but a seeded `holdout` of (images, labels); return (params, meta with held-out accuracy).
+    """Train on the `train` (images, labels); return (params, meta with the accuracy on `test`).
 
     Adam with a cosine-decayed 1e-3 learning rate and +-2 pixel random shifts;
     batches are drawn from a seeded epoch-wise permutation, so the same inputs
-    and seed give the same weights on the same platform.
+    and seed give the same weights on the same platform. The test images are
+    only scored, never trained on.
     """
     if steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
-    num_classes = int(labels.max()) + 1
-    train_idx, held_idx = split_holdout(len(images), holdout, seed)
+    images, labels = train
+    num_classes = int(max(labels.max(), test[1].max())) + 1
     schedule = optax.cosine_decay_schedule(1e-3, steps)
     key = jax.random.key(seed)
     params = DomainClassifier(num_classes).init(key, jnp.zeros((1, *images.shape[1:])))["params"]
@@ -196,18 +191,17 @@ def train_classifier(
     rng, order, t0 = np.random.default_rng(seed + 1), np.array([], np.int64), time.perf_counter()
     for i in range(steps):
         if len(order) < batch_size:
-            order = np.concatenate([order, rng.permutation(train_idx)])
+            order = np.concatenate([order, rng.permutation(len(images))])
         idx, order = order[:batch_size], order[batch_size:]
         lr = jnp.float32(schedule(i))
         params, opt_state, loss = _train_step(params, opt_state, images[idx], labels[idx], jax.random.fold_in(key, i), lr, num_classes)
         if (i + 1) % max(1, steps // 4) == 0:
             log(f"  classifier step {i + 1}/{steps}: loss {float(loss):.4f}")
-    acc = accuracy(params, images[held_idx], labels[held_idx], num_classes)
+    acc = accuracy(params, *test, num_classes)
     meta = {
         "arch": ARCH, "num_classes": num_classes, "image_shape": list(images.shape[1:]), "steps": steps,
-        "batch_size": batch_size, "seed": seed, "num_train": len(train_idx), "holdout": len(held_idx),
-        "holdout_rule": f"np.random.default_rng({seed}).permutation(N)[:{len(held_idx)}]",
-        "heldout_accuracy": acc, "train_seconds": round(time.perf_counter() - t0, 1),
+        "batch_size": batch_size, "seed": seed, "num_train": len(images), "num_test": len(test[0]),
+        "trained_on": "train", "test_accuracy": acc, "train_seconds": round(time.perf_counter() - t0, 1),
         "date": datetime.date.today().isoformat(),
     }
     return jax.device_get(params), meta
@@ -267,15 +261,16 @@ def _file_lock(path: Path):
 
 
 def train_and_save(out: str | Path, data: str = "mnist_bundled", data_path: str = "", steps: int = DEFAULT_STEPS,
-                   holdout: int = DEFAULT_HOLDOUT, seed: int = 0, log=print) -> tuple[Path, dict]:
-    """Train a classifier on a labelled dataset and save it to the file `out`; return (path, meta)."""
-    images, labels, name = load_labelled(data, data_path)
-    log(f"synthjax: training the {name} feature classifier ({steps} steps, {len(images) - holdout} images, "
-        f"{holdout} held out) -> {out}")
-    params, meta = train_classifier(images, labels, steps, holdout, seed, log=log)
+                   seed: int = 0, log=print) -> tuple[Path, dict]:
+    """Train a classifier on the train split of a labelled dataset, score it on the test split, save it to `out`."""
+    images, labels, name = load_labelled(data, data_path, "train")
+    test_images, test_labels, _ = load_labelled(data, data_path, "test")
+    log(f"synthjax: training the {name} feature classifier ({steps} steps on {len(images)} train images, "
+        f"scored on {len(test_images)} test images) -> {out}")
+    params, meta = train_classifier((images, labels), (test_images, test_labels), steps, seed, log=log)
     meta["dataset"] = name
     meta["weights_sha256"] = save_weights(out, params, meta)
-    log(f"synthjax: held-out accuracy {meta['heldout_accuracy']:.4f} on {holdout} images; "
+    log(f"synthjax: test accuracy {meta['test_accuracy']:.4f} on {len(test_images)} images; "
         f"weights sha256 {meta['weights_sha256']} ({meta['train_seconds']} s)")
     return Path(out), meta
 
@@ -296,7 +291,7 @@ class ClassifierFeatureExtractor(FeatureExtractor):
 
     Build with `ClassifierFeatureExtractor.from_npz(path)`; `weights_hash` is
     `weights_sha256` of the arrays and `meta` the training record (dataset,
-    held-out accuracy, ...).
+    test accuracy, ...).
     """
 
     params: dict | None = None
@@ -321,18 +316,17 @@ class ClassifierFeatureExtractor(FeatureExtractor):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: train, save, print held-out accuracy and the weights sha256."""
+    """Command-line entry point: train on the train split, save, print the test accuracy and the weights sha256."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output directory (the evaluate default is $SYNTHJAX_CACHE or ~/.cache/synthjax)")
     p.add_argument("--name", default=WEIGHTS_FILE, help="file name inside --out")
     p.add_argument("--data", default="mnist_bundled", help="a labelled synthjax dataset (data.name)")
     p.add_argument("--data-path", default="", help="data.path for --data npz or folder")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--holdout", type=int, default=DEFAULT_HOLDOUT, help="images kept out of training for the accuracy figure")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     try:
-        path, meta = train_and_save(Path(a.out).expanduser() / a.name, a.data, a.data_path, a.steps, a.holdout, a.seed)
+        path, meta = train_and_save(Path(a.out).expanduser() / a.name, a.data, a.data_path, a.steps, a.seed)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,10 +2,12 @@
 
 Extracting features of a whole dataset is the expensive half of every FID, and
 it is the same for every run evaluated against that dataset. `load_or_compute`
-keeps it in `cache_dir()/refstats/`, under a key that hashes the dataset
-description (name, path, split, size, number of images), the extractor name and
-its `weights_hash`: statistics made with other weights, or of other data, are
-never reused. Files are written atomically, so an interrupted computation
+keeps it in `cache_dir()/refstats/`, under a key that hashes the content of
+the reference images (`content_sha256`: their bytes and shape, not the path
+they came from), the extractor name and its `weights_hash`: statistics made
+with other weights, or of other data, are never reused, and a dataset moved
+or copied elsewhere keeps its cache entry. The held-out protocol feeds the
+test split (`data.eval_split`) here, never the training images. Files are written atomically, so an interrupted computation
 leaves no half-written cache entry.
 """
 
@@ -26,7 +28,7 @@ from synthjax.metrics.extractors import FeatureExtractor
 from synthjax.metrics.frechet import gaussian_stats
 from synthjax.metrics.inception_score import inception_score_from_logits
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,16 +52,25 @@ class ReferenceStats:
         return int(self.features.shape[0])
 
 
-def cache_key(dataset: dict, extractor: FeatureExtractor) -> str:
-    """16 hex digits of sha256 over the dataset description, extractor name and weights hash."""
-    record = {"format": FORMAT_VERSION, "dataset": dataset, "extractor": extractor.name, "weights": extractor.weights_hash}
+def content_sha256(images: np.ndarray) -> str:
+    """sha256 of the images' shape, dtype and bytes: the identity of a reference set, wherever it is stored."""
+    images = np.ascontiguousarray(images)
+    digest = hashlib.sha256(f"{images.shape}|{images.dtype}|".encode())
+    digest.update(images.tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(content_hash: str, extractor: FeatureExtractor) -> str:
+    """16 hex digits of sha256 over the images' content hash, extractor name and weights hash."""
+    record = {"format": FORMAT_VERSION, "content": content_hash, "extractor": extractor.name, "weights": extractor.weights_hash}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cache_path(dataset: dict, extractor: FeatureExtractor, root: Path | None = None) -> Path:
-    """`<root>/refstats/<dataset>-<extractor>-<key>.npz`, readable names with the hash doing the work."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset.get('name', 'data')}-{extractor.name}")[:80]
-    return Path(root or cache_dir()) / "refstats" / f"{slug}-{cache_key(dataset, extractor)}.npz"
+def cache_path(dataset: dict, content_hash: str, extractor: FeatureExtractor, root: Path | None = None) -> Path:
+    """`<root>/refstats/<dataset>-<split>-<extractor>-<key>.npz`: readable names, the content hash doing the work."""
+    name = f"{dataset.get('name', 'data')}-{dataset.get('split', '')}-{extractor.name}"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80]
+    return Path(root or cache_dir()) / "refstats" / f"{slug}-{cache_key(content_hash, extractor)}.npz"
 
 
 def compute(images: np.ndarray, extractor: FeatureExtractor) -> dict[str, np.ndarray]:
@@ -88,26 +99,29 @@ def load_or_compute(
     root: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> ReferenceStats:
-    """Reference statistics for `dataset` under `extractor`: from the cache, else computed and cached.
+    """Reference statistics of the images `load_images()` returns under `extractor`: cached, else computed and cached.
 
-    `dataset` describes the images (it is hashed into the key, so put every
-    field that changes them in it); `load_images()` is only called on a cache
-    miss and must return them as uint8 NHWC in the extractor's input form.
+    `load_images()` must return uint8 NHWC images in the extractor's input
+    form; their content hash is the cache key (reading them is cheap next to
+    extracting features). `dataset` (name, split, ...) only names the file and
+    is recorded in it.
     """
-    path = cache_path(dataset, extractor, root)
+    images = load_images()
+    content = content_sha256(images)
+    path = cache_path(dataset, content, extractor, root)
     cached = path.is_file()
     if cached:
         with np.load(path) as npz:
             arrays = {k: npz[k] for k in npz.files if k != "meta"}
     else:
-        images = load_images()
-        log(f"synthjax: computing reference statistics of {len(images)} {dataset.get('name')} images "
-            f"with {extractor.name} -> {path}")
+        log(f"synthjax: computing reference statistics of {len(images)} {dataset.get('name')} "
+            f"{dataset.get('split', '')} images with {extractor.name} -> {path}")
         arrays = compute(images, extractor)
-        meta = {"dataset": dataset, "extractor": extractor.name, "weights_hash": extractor.weights_hash, "num": len(images)}
+        meta = {"dataset": dataset, "content_sha256": content, "extractor": extractor.name,
+                "weights_hash": extractor.weights_hash, "num": len(images)}
         _save_atomic(path, arrays, meta)
     score = arrays.get("inception_score")
     return ReferenceStats(
         arrays["mu"], arrays["sigma"], arrays["features"], None if score is None else tuple(map(float, score)),
-        cache_key(dataset, extractor), path, cached,
+        cache_key(content, extractor), path, cached,
     )

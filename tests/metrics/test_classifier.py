@@ -5,7 +5,7 @@ import pytest
 from flax import traverse_util
 
 from synthjax import metrics
-from synthjax.data import load_bundled_mnist
+from synthjax.data import bundled_split_indices, load_bundled_mnist
 from synthjax.errors import UserError
 from synthjax.metrics import classifier as clf
 
@@ -15,30 +15,30 @@ QUIET = dict(log=lambda _: None)
 @pytest.fixture(scope="module")
 def data():
     images, labels = load_bundled_mnist()
-    return images[:1200], labels[:1200]
+    train, test = bundled_split_indices("train")[:1000], bundled_split_indices("test")[:200]
+    return (images[train], labels[train]), (images[test], labels[test])
 
 
 @pytest.fixture(scope="module")
 def trained(data):
-    """60 steps on 1000 images (200 held out): enough to learn something, fast enough for a unit test."""
-    return clf.train_classifier(*data, steps=60, holdout=200, **QUIET)
+    """60 steps on 1000 train images, scored on 200 test images: enough to learn something, fast enough for a unit test."""
+    return clf.train_classifier(*data, steps=60, **QUIET)
 
 
 def test_training_learns_and_is_deterministic(data, trained):
     params, meta = trained
-    assert meta["heldout_accuracy"] > 0.5  # chance is 0.1
-    assert (meta["num_train"], meta["holdout"], meta["num_classes"]) == (1000, 200, 10)
-    again, _ = clf.train_classifier(*data, steps=60, holdout=200, **QUIET)
+    assert meta["test_accuracy"] > 0.5  # chance is 0.1
+    assert (meta["num_train"], meta["num_test"], meta["num_classes"]) == (1000, 200, 10)
+    again, _ = clf.train_classifier(*data, steps=60, **QUIET)
     flat = lambda p: {k: np.asarray(v) for k, v in traverse_util.flatten_dict(p, sep="/").items()}  # noqa: E731
     assert clf.weights_sha256(flat(params)) == clf.weights_sha256(flat(again))
 
 
-def test_holdout_is_a_seeded_disjoint_split():
-    train, held = clf.split_holdout(100, 20, seed=0)
-    assert len(held) == 20 and len(train) == 80 and not set(train) & set(held)
-    np.testing.assert_array_equal(held, clf.split_holdout(100, 20, seed=0)[1])
-    with pytest.raises(UserError, match=r"--holdout=100 must lie in \(0, 100\)"):
-        clf.split_holdout(100, 100, seed=0)
+def test_cli_data_split_is_the_bundled_train_and_test_split():
+    images, labels, name = clf.load_labelled("mnist_bundled", "", "train")
+    test_images, _, _ = clf.load_labelled("mnist_bundled", "", "test")
+    assert (len(images), len(test_images), name) == (8000, 2000, "mnist_bundled")
+    assert clf.WEIGHTS_FILE == "mnist_classifier_trainsplit.npz"  # never an old cache trained on the test digits
 
 
 def test_weights_round_trip_with_a_hash_of_the_arrays_only(trained, tmp_path):
@@ -71,10 +71,11 @@ def test_extractor_features_logits_and_input_checks(trained, data, tmp_path):
     clf.save_weights(tmp_path / "w.npz", *trained)
     ext = clf.ClassifierFeatureExtractor.from_npz(tmp_path / "w.npz", batch_size=64)
     assert isinstance(ext, metrics.FeatureExtractor) and len(ext.weights_hash) == 64
-    out = ext(data[0][:100])
+    test_images, test_labels = data[1]
+    out = ext(test_images[:100])
     assert out["features"].shape == (100, 128) and out["logits"].shape == (100, 10)
     assert np.all(out["features"] >= 0)  # post-ReLU penultimate layer
-    accuracy = np.mean(out["logits"].argmax(-1) == data[1][:100])
+    accuracy = np.mean(out["logits"].argmax(-1) == test_labels[:100])
     assert accuracy > 0.5
     with pytest.raises(ValueError, match="are 32x32; expected .*28x28"):
         ext(np.zeros((2, 32, 32, 1), np.uint8))
@@ -83,12 +84,12 @@ def test_extractor_features_logits_and_input_checks(trained, data, tmp_path):
 
 
 def test_cli_trains_and_reports(tmp_path, capsys):
-    assert clf.main(["--out", str(tmp_path), "--steps", "3", "--holdout", "9000"]) == 0
+    assert clf.main(["--out", str(tmp_path), "--steps", "3"]) == 0
     out = capsys.readouterr().out
-    assert "held-out accuracy" in out and "weights_sha256" in out
+    assert "test accuracy" in out and "weights_sha256" in out and '"num_test": 2000' in out
     assert (tmp_path / clf.WEIGHTS_FILE).is_file()
-    assert clf.main(["--out", str(tmp_path), "--holdout", "0"]) == 2
-    assert "--holdout=0 must lie in" in capsys.readouterr().err
+    assert clf.main(["--out", str(tmp_path), "--steps", "0"]) == 2
+    assert "--steps must be >= 1" in capsys.readouterr().err
     assert clf.main(["--out", str(tmp_path), "--data", "mnsit"]) == 2
     assert "unknown dataset 'mnsit'" in capsys.readouterr().err
 
