@@ -230,7 +230,7 @@ def nll_convention(config: ml_collections.ConfigDict, trainer, iwae_k: int, seed
                 f"once with seed {seed}, no dequantisation")
     else:
         data = "8-bit data: -log P(x) of a discrete model in nats per image on {0..255}^D, no dequantisation"
-    how = "exact" if trainer.likelihood == "exact" else (
+    how = "exact" if trainer.log_likelihood_kind == "exact" else (
         f"IWAE bound with k={iwae_k} (a lower bound on log p(x), so an upper bound on the NLL)")
     return f"{data}; {how}; bits/dim = nats / (D ln 2)"
 
@@ -278,7 +278,7 @@ class Evaluator:
         self._log_likelihood = jax.jit(trainer.log_likelihood, static_argnums=3) if "nll" in self.metrics else None
 
     def _resolve_metrics(self, requested: tuple[str, ...] | None) -> tuple[str, ...]:
-        has_ll = self.trainer.likelihood != "none"
+        has_ll = self.trainer.log_likelihood_kind != "none"
         if requested is None:
             return (*SAMPLE_METRICS, "nll") if has_ll else SAMPLE_METRICS
         if "nll" in requested and not has_ll:

@@ -134,7 +134,7 @@ def test_register_refuses_a_capability_without_its_method():
     from synthjax.trainers.base import TRAINERS, Trainer, register
 
     with pytest.raises(TypeError, match="needs log_likelihood"):
-        register("claims_a_likelihood")(type("Claims", (Trainer,), {"likelihood": "bound"}))
+        register("claims_a_likelihood")(type("Claims", (Trainer,), {"log_likelihood_kind": "bound"}))
     with pytest.raises(TypeError, match="needs train_step_with"):
         register("claims_vmap")(type("Claims", (Trainer,), {"vmappable_keys": ("seed",)}))
     assert "claims_a_likelihood" not in TRAINERS and "claims_vmap" not in TRAINERS
@@ -142,7 +142,7 @@ def test_register_refuses_a_capability_without_its_method():
 
 def test_capabilities_default_to_not_offered():
     trainer, dp, batches, state = setup("draw.py:smoke")
-    assert (trainer.likelihood, trainer.vmappable_keys, trainer.requires_labels) == ("none", (), False)
+    assert (trainer.log_likelihood_kind, trainer.vmappable_keys, trainer.requires_labels) == ("none", (), False)
     from synthjax.errors import UserError
 
     with pytest.raises(UserError, match="defines no tractable likelihood"):
@@ -151,7 +151,7 @@ def test_capabilities_default_to_not_offered():
 
 def test_pixelrnn_exact_log_likelihood_is_minus_its_training_nll():
     trainer, dp, batches, state = setup("pixelrnn.py:smoke", devices=jax.devices()[:1])
-    assert trainer.likelihood == "exact"
+    assert trainer.log_likelihood_kind == "exact"
     batch = next(batches)
     log_p = jax.jit(trainer.log_likelihood, static_argnums=3)(dp.host_state(state), batch["image"], jax.random.key(0), 1)
     assert log_p.shape == (len(batch["image"]),)

@@ -9,7 +9,7 @@ name used in `model.family`.
 Optional capabilities are declared on `Trainer` with defaults that say "not
 offered", so the loop, the sweep and the evaluator read an attribute instead
 of probing with `hasattr`; a family overrides what it offers:
-- `likelihood` ('none', 'bound' or 'exact') with `log_likelihood(state, x,
+- `log_likelihood_kind` ('none', 'bound' or 'exact') with `log_likelihood(state, x,
   key, num_samples) -> (B,)`: log p(x) in nats per image for a batch `x`
   preprocessed as `preprocess` says (synthjax.evaluate's `nll` metric). A
   'bound' is stochastic (the VAE: IWAE with `num_samples` importance
@@ -39,7 +39,7 @@ Metrics = dict[str, jax.Array]
 TRAINERS: dict[str, type["Trainer"]] = {}
 
 
-LIKELIHOODS = ("none", "bound", "exact")
+LIKELIHOOD_KINDS = ("none", "bound", "exact")
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -56,9 +56,9 @@ def register(name: str) -> Callable[[type], type]:
 
 def check_capabilities(cls: type) -> None:
     """A class that declares a capability must override the method behind it (a developer error, raised at import)."""
-    if cls.likelihood not in LIKELIHOODS:
-        raise TypeError(f"{cls.__name__}.likelihood={cls.likelihood!r}; expected one of {LIKELIHOODS}")
-    needs = {"log_likelihood": cls.likelihood != "none", "train_step_with": bool(cls.vmappable_keys),
+    if cls.log_likelihood_kind not in LIKELIHOOD_KINDS:
+        raise TypeError(f"{cls.__name__}.log_likelihood_kind={cls.log_likelihood_kind!r}; expected one of {LIKELIHOOD_KINDS}")
+    needs = {"log_likelihood": cls.log_likelihood_kind != "none", "train_step_with": bool(cls.vmappable_keys),
              "hparams": bool(cls.vmappable_keys)}
     for method, declared in needs.items():
         if declared and getattr(cls, method) is getattr(Trainer, method):
@@ -78,7 +78,7 @@ class Trainer(abc.ABC):
 
     family: str = ""
     # Optional capabilities (see the module docstring); the defaults offer none.
-    likelihood: str = "none"
+    log_likelihood_kind: str = "none"
     vmappable_keys: tuple[str, ...] = ()
     requires_labels: bool = False
     sweep_metric: str = ""
@@ -115,7 +115,7 @@ class Trainer(abc.ABC):
         """`num` images (N, H, W, C) in [0, 1] from the model (the EMA weights where there are some)."""
 
     def log_likelihood(self, state: Any, x: jax.Array, key: jax.Array, num_samples: int) -> jax.Array:
-        """(B,) log p(x) in nats per image; offered when `likelihood` is 'bound' or 'exact'."""
+        """(B,) log p(x) in nats per image; offered when `log_likelihood_kind` is 'bound' or 'exact'."""
         raise UserError(
             f"model.family={self.family!r} defines no tractable likelihood, so no log_likelihood (and no 'nll' metric); "
             "drop 'nll' from the metrics"

@@ -36,7 +36,7 @@ class PixelRNNState(flax.struct.PyTreeNode):
 class PixelRNNTrainer(Trainer):
     """Trains `model.arch='row_lstm'` with `objective.likelihood` 'bernoulli' (binarised) or 'categorical' (8-bit)."""
 
-    likelihood = "exact"
+    log_likelihood_kind = "exact"
 
     def __init__(self, config, image_shape, num_classes=0):
         super().__init__(config, image_shape, num_classes)

@@ -40,7 +40,7 @@ class VAEState(flax.struct.PyTreeNode):
 class VAETrainer(Trainer):
     """Trains the encoder/decoder named by `model.arch` with the likelihood `objective.likelihood`."""
 
-    likelihood = "bound"  # log_likelihood is an IWAE lower bound
+    log_likelihood_kind = "bound"  # an IWAE lower bound
     vmappable_keys = ("seed", "opt.lr", "objective.beta")
     sweep_metric = "neg_elbo"
 
