@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -28,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from synthjax import tuning
-from synthjax.config import load_config
+from synthjax.config import load_config, split_overrides
+from synthjax.errors import UserError
 from synthjax.data import get_source
 from synthjax.data.sources import TFDS_DATASETS, tfds_image_shape
 from synthjax.models import formulations
@@ -233,11 +235,16 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. --set model.conv_impl=native (repeatable)")
+                   help="config override, the same as --config.KEY=VALUE or --config.KEY VALUE (repeatable)")
     p.add_argument("--members", type=int, default=0,
                    help="time a stack of this many members against them run one by one (speedup_vs_sequential)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
-    a = p.parse_args(argv)
+    try:
+        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    except UserError as e:
+        p.error(str(e))
+    a = p.parse_args(rest)
+    a.set = [*a.set, *overrides]
     a.batch_size = cli_batch_size(a.workload, a.batch_size)
     tuning.apply(workload_config(a.workload, a.batch_size, a.dtype, a.set)[0].train.cpu_allocator)
     if a.members:

@@ -132,7 +132,35 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     """Load `configs/X.py[:arg]` and apply `key=value` overrides (as `--config.key=value` does)."""
     file, _, arg = path.partition(":")
     module = _load_config_module(file)
-    config = module.get_config(arg or None)
+    return apply_overrides(module.get_config(arg or None), overrides)
+
+
+OVERRIDE_PREFIX = "--config."
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Take `--config.KEY=VALUE` and `--config.KEY VALUE` out of argv as 'KEY=VALUE'; return (the rest, overrides).
+
+    Every entry point (train.py, synthjax.sweep, evaluate, sample, bench) reads overrides through this, so
+    both spellings work everywhere; `load_config` and `apply_overrides` then parse each value like its field.
+    """
+    rest, overrides, args = [], [], list(argv)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith(OVERRIDE_PREFIX):
+            rest.append(arg)
+            continue
+        key, eq, value = arg[len(OVERRIDE_PREFIX) :].partition("=")
+        if not eq:
+            if not args or args[0].startswith("--"):
+                raise UserError(f"{arg} needs a value, e.g. {arg}=VALUE or {arg} VALUE")
+            value = args.pop(0)
+        overrides.append(f"{key}={value}")
+    return rest, overrides
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    """Set each 'KEY=VALUE' of `overrides` on `config` (as `--config.KEY=VALUE`), keeping each field's type."""
     for item in overrides:
         key, _, value = item.partition("=")
         set_value(config, key, value)

@@ -1,7 +1,7 @@
 """Evaluate a trained run: FID, KID, Inception Score, precision/recall and likelihood.
 
     python -m synthjax.evaluate --workdir runs/dcgan [--metrics fid,kid,is,pr,nll] [--num 10000]
-        [--extractor mnist_classifier|inception] [--inception-weights PATH] [--iwae-k 1000]
+        [--extractor mnist_classifier|inception] [--inception-weights PATH] [--iwae-k 1000] [--config.KEY VALUE ...]
 
 Held-out protocol: references and likelihoods come from the test split
 (`data.eval_split`, default 'test'; `--split` overrides it), never from the
@@ -33,12 +33,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
+from synthjax import config as config_lib
 from synthjax import tuning
 from synthjax.errors import UserError
 from synthjax.images import to_uint8
@@ -230,7 +231,7 @@ def nll_convention(config: ml_collections.ConfigDict, trainer, iwae_k: int, seed
                 f"once with seed {seed}, no dequantisation")
     else:
         data = "8-bit data: -log P(x) of a discrete model in nats per image on {0..255}^D, no dequantisation"
-    how = "exact" if getattr(trainer, "log_likelihood_exact", False) else (
+    how = "exact" if trainer.log_likelihood_kind == "exact" else (
         f"IWAE bound with k={iwae_k} (a lower bound on log p(x), so an upper bound on the NLL)")
     return f"{data}; {how}; bits/dim = nats / (D ln 2)"
 
@@ -278,7 +279,7 @@ class Evaluator:
         self._log_likelihood = jax.jit(trainer.log_likelihood, static_argnums=3) if "nll" in self.metrics else None
 
     def _resolve_metrics(self, requested: tuple[str, ...] | None) -> tuple[str, ...]:
-        has_ll = hasattr(self.trainer, "log_likelihood")
+        has_ll = self.trainer.log_likelihood_kind != "none"
         if requested is None:
             return (*SAMPLE_METRICS, "nll") if has_ll else SAMPLE_METRICS
         if "nll" in requested and not has_ll:
@@ -378,14 +379,15 @@ def periodic_evaluator(config: ml_collections.ConfigDict, trainer, log: Callable
 
 
 def evaluate_workdir(
-    workdir: str, settings: EvalSettings, split: str = "", out: str = "", log: Callable[[str], None] = print
+    workdir: str, settings: EvalSettings, split: str = "", out: str = "", log: Callable[[str], None] = print,
+    overrides: Sequence[str] = (),
 ) -> dict:
-    """Evaluate the latest checkpoint of `workdir` on `split` (default: the run's data.eval_split, 'test'),
-    write `out` (default `workdir/eval.json`) and return its contents."""
+    """Evaluate the latest checkpoint of `workdir` (its saved config with `overrides`) on `split` (default: the
+    run's data.eval_split, 'test'), write `out` (default `workdir/eval.json`) and return its contents."""
     from synthjax.sample import load_run
 
     t0 = time.perf_counter()
-    config, trainer, state, step = load_run(workdir)
+    config, trainer, state, step = load_run(workdir, overrides)
     if split:
         config.data.eval_split = split
     evaluator = Evaluator(config, trainer, settings, log)
@@ -433,11 +435,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resize", default="pytorch_fid", help="Inception input resize: pytorch_fid (bilinear, as papers) or clean (clean-fid)")
     p.add_argument("--out", default="", help="result file (default WORKDIR/eval.json, replaced by each evaluation)")
-    a = p.parse_args(argv)
+    try:
+        rest, overrides = config_lib.split_overrides(sys.argv[1:] if argv is None else argv)
+    except UserError as e:
+        p.error(str(e))
+    a = p.parse_args(rest)
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     tuning.apply()
     try:
-        result = evaluate_workdir(a.workdir, _settings_from_args(a), a.split, a.out)
+        result = evaluate_workdir(a.workdir, _settings_from_args(a), a.split, a.out, overrides=overrides)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

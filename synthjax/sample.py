@@ -6,7 +6,9 @@
 
 Writes uint8 images (N, H, W, C) under the key `images` from the latest
 checkpoint (the EMA generator for GANs), plus a PNG grid next to the .npz.
-The same checkpoint and seed always give the same file.
+The same checkpoint and seed always give the same file. `--config.KEY VALUE`
+(or `=VALUE`) overrides a field of the run's saved config, e.g.
+`--config.data.path` when the data has moved.
 
 - `samples`: `--num` draws from the model. `--truncation T > 0` draws the
   latents from a standard normal truncated to [-T, T] (the truncation trick
@@ -34,7 +36,7 @@ from absl import logging
 
 from synthjax import images, tuning
 from synthjax.checkpoint import Checkpointer
-from synthjax.config import load_config_dict
+from synthjax.config import apply_overrides, load_config_dict, split_overrides
 from synthjax.data import get_source
 from synthjax.errors import UserError
 from synthjax.stack import StackState
@@ -63,14 +65,15 @@ def member_index(members: list[str], member: str, workdir: str) -> int:
                     f"(or an index 0..{len(members) - 1}); got {member!r}")
 
 
-def load_run(workdir: str, checkpoint: str = "latest", member: str = ""):
+def load_run(workdir: str, checkpoint: str = "latest", member: str = "", overrides: list[str] | tuple[str, ...] = ()):
     """(config, trainer, state, step) of the latest checkpoint in `workdir`, or of the best one
-    (`checkpoint='best'`, kept by train.keep_best); for a stack's workdir, of the run `member`."""
+    (`checkpoint='best'`, kept by train.keep_best); for a stack's workdir, of the run `member`. The run's
+    saved config gets `overrides` ('KEY=VALUE') applied."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise UserError(f"{workdir!r} is not a synthjax workdir (no config.json); pass the --workdir used for training")
     with open(path) as f:
-        config = load_config_dict(json.load(f))
+        config = apply_overrides(load_config_dict(json.load(f)), overrides)
     source = get_source(config.data)
     trainer = build_trainer(config, source.image_shape, source.num_classes)
     # Restore into shapes only: initialising a real state op by op costs seconds.
@@ -171,7 +174,11 @@ def main(argv=None) -> None:
     p.add_argument("--member", default="", help="for a stack's workdir (python -m synthjax.sweep --vmap): the run's name or index")
     p.add_argument("--checkpoint", default="latest", choices=sorted(CHECKPOINTS),
                    help="latest, or best: the one kept by train.keep_best")
-    a = p.parse_args(argv)
+    try:
+        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    except UserError as e:
+        p.error(str(e))
+    a = p.parse_args(rest)
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     tuning.apply()
     try:
@@ -183,7 +190,7 @@ def main(argv=None) -> None:
             raise UserError(f"--out {a.out!r} must end in .npz (numpy would write {a.out}.npz); e.g. --out {a.out}.npz")
         if a.truncation < 0:
             raise UserError(f"--truncation must be >= 0 (0: no truncation), got {a.truncation}")
-        config, trainer, state, step = load_run(a.workdir, a.checkpoint, a.member)
+        config, trainer, state, step = load_run(a.workdir, a.checkpoint, a.member, overrides)
         arrays, grid_images, ncol = export(a, config, trainer, state)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """A stack of N runs trained as one program: the trainer interface, vmapped over a member axis.
 
 Runs that differ only in their seed or in numeric hyperparameters (a
-trainer's `VMAPPABLE` keys, see synthjax/trainers/vmappable.py) have the same
+trainer's `vmappable_keys`, see synthjax/trainers/base.py) have the same
 program; `Stack` offers the four functions the loop calls (`create_state`,
 `train_step`, `eval_step`, `sample`) for all of them at once.
 
@@ -91,7 +91,7 @@ def stack_trees(trees: Sequence[Any]) -> Any:
 
 
 class Stack:
-    """`trainers` (one per member, alike but for VMAPPABLE values) as one trainer; see the module docstring."""
+    """`trainers` (one per member, alike but for `vmappable_keys` values) as one trainer; see the module docstring."""
 
     def __init__(self, trainers: Sequence[Any], policy: str, shared_data_order: bool):
         self.trainers = list(trainers)
@@ -99,7 +99,7 @@ class Stack:
         self.size = len(self.trainers)
         self.policy = policy
         self.per_member_batches = self.size > 1 and not shared_data_order
-        if self.size > 1 and not hasattr(self.trainer, "train_step_with"):
+        if self.size > 1 and not self.trainer.vmappable_keys:
             raise UserError(
                 f"model.family={self.trainer.family!r} cannot train a stack of members (its trainer has no "
                 "train_step_with); run the members one by one (python -m synthjax.sweep without --vmap)"

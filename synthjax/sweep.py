@@ -20,7 +20,7 @@ A finished run (its sweep_summary.json matching the config) is not rerun, so
 an interrupted sweep continues where it stopped.
 
 --vmap trains the runs that differ only in the seed or numeric
-hyperparameters (the trainer's `VMAPPABLE` keys: learning rates, beta,
+hyperparameters (the trainer's `vmappable_keys`: learning rates, beta,
 penalty weights, EMA decay, ...) as members of one stack: one workdir
 DIR/stack[__<other axis values>] trained by the ordinary loop
 (`synthjax.train.train_stack`, synthjax/stack.py) with a leading member axis
@@ -233,10 +233,8 @@ def check_runs(runs: list[Run]) -> dict[str, Any]:
 
 
 def vmappable_keys(trainer) -> tuple[str, ...]:
-    """The config keys a trainer lets --vmap stack ('' when it has no `train_step_with`)."""
-    if not hasattr(trainer, "train_step_with"):
-        return ()
-    return tuple(getattr(trainer, "VMAPPABLE", ()))
+    """The config keys a trainer lets --vmap stack (its declared `vmappable_keys`; empty when it offers none)."""
+    return tuple(trainer.vmappable_keys)
 
 
 def vmap_axes(axes: list[Axis], requested: str, trainers: dict[str, Any]) -> list[str]:
@@ -454,7 +452,7 @@ class SweepResult:
 
 def default_metric(trainers: dict, summaries: list[dict]) -> str:
     """The trainer's `sweep_metric` when it logged one, else the first logged training metric."""
-    preferred = getattr(next(iter(trainers.values())), "sweep_metric", "")
+    preferred = next(iter(trainers.values())).sweep_metric
     keys = sorted(k for k in summaries[0] if k not in ("step", "seconds", "skipped") and not k.startswith("eval/"))
     return preferred if preferred in summaries[0] else (keys[0] if keys else "step")
 
@@ -548,20 +546,6 @@ def run_sweep(
     return write_results(workdir, runs, ordered, metric or default_metric(trainers, ordered))
 
 
-def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Take `--config.KEY=VALUE` out of argv (as train.py does)."""
-    rest, overrides = [], []
-    for arg in argv:
-        if arg.startswith("--config."):
-            key, eq, value = arg[len("--config.") :].partition("=")
-            if not eq:
-                raise UserError(f"{arg} needs a value, e.g. {arg}=VALUE")
-            overrides.append(f"{key}={value}")
-        else:
-            rest.append(arg)
-    return rest, overrides
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m synthjax.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -573,7 +557,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vmap", nargs="?", const="auto", default="", metavar="AXES",
                         help="stack vmappable axes in one program; optionally name them (comma-separated)")
     try:
-        rest, overrides = _split_overrides(list(sys.argv[1:] if argv is None else argv))
+        rest, overrides = config_lib.split_overrides(sys.argv[1:] if argv is None else argv)
         args = parser.parse_args(rest)
         from absl import logging
 

@@ -277,7 +277,11 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     new = flatten(config_lib.to_dict(config))
     if os.path.exists(path):
         old = flatten(_read_json(path))
-        changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        # A field the code no longer has (deleted because nothing read it) cannot have shaped the saved run.
+        retired = sorted(set(old) - set(new))
+        if retired and jax.process_index() == 0:
+            print(f"synthjax: ignoring settings of {workdir}/config.json that are no longer config fields: {', '.join(retired)}")
+        changed = [k for k in sorted(new) if old.get(k) != new.get(k)]
         structural = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed if k.startswith(STRUCTURAL_PREFIXES)]
         if structural:
             raise UserError(
@@ -310,12 +314,8 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def check_inputs(trainer, source) -> None:
-    """Requirements a trainer states as attributes, checked before anything is compiled.
-
-    `requires_labels = True` on a trainer class (e.g. a class-conditional
-    model) demands a labelled dataset.
-    """
-    if getattr(trainer, "requires_labels", False) and not source.has_labels:
+    """Requirements a trainer declares (`Trainer.requires_labels`), checked before anything is compiled."""
+    if trainer.requires_labels and not source.has_labels:
         raise UserError(
             f"model.family={trainer.family!r} is conditional and needs class labels, but dataset {source.name!r} has none; "
             "use a labelled dataset (an .npz with a 'labels' array, or a folder with one sub-folder per class)"
@@ -423,7 +423,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def train_stack(configs: list[ml_collections.ConfigDict], workdir: str, names: list[str] | None = None) -> list[dict[str, Any]]:
-    """Train the members `configs` (alike but for seeds and VMAPPABLE values) as one program in `workdir`.
+    """Train the members `configs` (alike but for seeds and `vmappable_keys` values) as one program in `workdir`.
 
     One config is an ordinary run. Resumes from the latest checkpoint of the
     whole stack; returns each member's final metrics (for several members

@@ -41,6 +41,8 @@ def refuse(cfg: ConfigDict, workdir: str, match: str) -> None:
 
 CLI_CASES = {
     "mistyped key": (["--config.opt.lrr=1"], "unknown config key 'opt.lrr'; did you mean 'opt.lr'"),
+    "mistyped key, spaced": (["--config.opt.lrr", "1"], "unknown config key 'opt.lrr'; did you mean 'opt.lr'"),
+    "no value": (["--config.opt.lr"], "--config.opt.lr needs a value"),
     "wrong type": (["--config.train.batch_size=abc"], "config key 'train.batch_size' is a int; got 'abc'"),
     "negative lr": (["--config.opt.lr=-0.1"], "opt.lr must be a positive number, got -0.1"),
     "zero batch": (["--config.train.batch_size=0"], "train.batch_size must be a positive integer, got 0"),

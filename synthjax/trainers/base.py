@@ -6,13 +6,21 @@ functions: `create_state`, `train_step`, `eval_step`, `sample`. Each family
 (GAN, VAE, ...) implements them in its own module and registers under the
 name used in `model.family`.
 
-Optional capability, found with `hasattr` (synthjax.evaluate's `nll` metric):
-`log_likelihood(state, x, key, num_samples) -> (B,)` log p(x) in nats per
-image for a batch `x` preprocessed as `preprocess` says; a pure function,
-jitted with `num_samples` static. Latent-variable models return a stochastic
-lower bound (the VAE: IWAE with `num_samples` importance samples); exact
-models (autoregressive) ignore `key` and `num_samples` and set the class
-attribute `log_likelihood_exact = True`.
+Optional capabilities are declared on `Trainer` with defaults that say "not
+offered", so the loop, the sweep and the evaluator read an attribute instead
+of probing with `hasattr`; a family overrides what it offers:
+- `log_likelihood_kind` ('none', 'bound' or 'exact') with `log_likelihood(state, x,
+  key, num_samples) -> (B,)`: log p(x) in nats per image for a batch `x`
+  preprocessed as `preprocess` says (synthjax.evaluate's `nll` metric). A
+  'bound' is stochastic (the VAE: IWAE with `num_samples` importance
+  samples); an 'exact' one ignores `key` and `num_samples`.
+- `vmappable_keys` with `hparams()` and `train_step_with(hp, state, batch,
+  key)`: the config keys `synthjax.sweep --vmap` may stack
+  (synthjax.trainers.vmappable says what they promise).
+- `requires_labels`: the family needs a labelled dataset (checked before
+  anything compiles).
+- `sweep_metric`: the training metric a sweep's table and plot show by default.
+`register` checks that a declared capability comes with its method.
 """
 from __future__ import annotations
 
@@ -31,15 +39,30 @@ Metrics = dict[str, jax.Array]
 TRAINERS: dict[str, type["Trainer"]] = {}
 
 
+LIKELIHOOD_KINDS = ("none", "bound", "exact")
+
+
 def register(name: str) -> Callable[[type], type]:
-    """Class decorator: make a trainer available as `model.family = name`."""
+    """Class decorator: make a trainer available as `model.family = name` once its declared capabilities check out."""
 
     def wrap(cls: type) -> type:
+        check_capabilities(cls)
         TRAINERS[name] = cls
         cls.family = name
         return cls
 
     return wrap
+
+
+def check_capabilities(cls: type) -> None:
+    """A class that declares a capability must override the method behind it (a developer error, raised at import)."""
+    if cls.log_likelihood_kind not in LIKELIHOOD_KINDS:
+        raise TypeError(f"{cls.__name__}.log_likelihood_kind={cls.log_likelihood_kind!r}; expected one of {LIKELIHOOD_KINDS}")
+    needs = {"log_likelihood": cls.log_likelihood_kind != "none", "train_step_with": bool(cls.vmappable_keys),
+             "hparams": bool(cls.vmappable_keys)}
+    for method, declared in needs.items():
+        if declared and getattr(cls, method) is getattr(Trainer, method):
+            raise TypeError(f"{cls.__name__} declares a capability that needs {method}() but does not define it")
 
 
 def build_trainer(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int = 0) -> "Trainer":
@@ -54,6 +77,11 @@ class Trainer(abc.ABC):
     """One model family's state, steps and sampler. Subclasses register with `@register(name)`."""
 
     family: str = ""
+    # Optional capabilities (see the module docstring); the defaults offer none.
+    log_likelihood_kind: str = "none"
+    vmappable_keys: tuple[str, ...] = ()
+    requires_labels: bool = False
+    sweep_metric: str = ""
 
     def __init__(self, config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int = 0):
         self.config = config
@@ -85,6 +113,21 @@ class Trainer(abc.ABC):
     @abc.abstractmethod
     def sample(self, state: Any, key: jax.Array, num: int) -> jax.Array:
         """`num` images (N, H, W, C) in [0, 1] from the model (the EMA weights where there are some)."""
+
+    def log_likelihood(self, state: Any, x: jax.Array, key: jax.Array, num_samples: int) -> jax.Array:
+        """(B,) log p(x) in nats per image; offered when `log_likelihood_kind` is 'bound' or 'exact'."""
+        raise UserError(
+            f"model.family={self.family!r} defines no tractable likelihood, so no log_likelihood (and no 'nll' metric); "
+            "drop 'nll' from the metrics"
+        )
+
+    def hparams(self) -> dict[str, jax.Array]:
+        """The values of `vmappable_keys` as float32 scalars (empty when the family offers none)."""
+        return {}
+
+    def train_step_with(self, hp: dict[str, jax.Array], state: Any, batch: dict, key: jax.Array) -> tuple[Any, Metrics]:
+        """`train_step` with the `vmappable_keys` values as arguments; offered when `vmappable_keys` is not empty."""
+        raise UserError(f"model.family={self.family!r} has no vmappable hyperparameters; run this sweep without --vmap")
 
     # Optional sampling tools (python -m synthjax.sample --mode ...). Families with a Gaussian
     # latent override them; the defaults say plainly that this family has none.

@@ -113,7 +113,7 @@ def resolve_joint_pass(value: Any, backend: str | None = None) -> bool:
 class GANTrainer(Trainer):
     """Trains a (generator, discriminator) pair named by `model.arch` with the loss `objective.loss`."""
 
-    VMAPPABLE = ("seed", "opt.lr", "opt.d_lr", "model.ema_decay", "objective.penalty_weight")
+    vmappable_keys = ("seed", "opt.lr", "opt.d_lr", "model.ema_decay", "objective.penalty_weight")
     sweep_metric = "d_loss"
 
     def __init__(self, config, image_shape, num_classes=0):

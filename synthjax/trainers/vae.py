@@ -50,7 +50,8 @@ class VAEState(flax.struct.PyTreeNode):
 class VAETrainer(Trainer):
     """Trains the encoder/decoder named by `model.arch` with the likelihood `objective.likelihood`."""
 
-    VMAPPABLE = ("seed", "opt.lr", "objective.beta")
+    log_likelihood_kind = "bound"  # an IWAE lower bound
+    vmappable_keys = ("seed", "opt.lr", "objective.beta")
     sweep_metric = "neg_elbo"
 
     def __init__(self, config, image_shape, num_classes=0):

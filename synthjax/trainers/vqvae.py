@@ -52,7 +52,7 @@ def perplexity(codes, num_codes: int) -> jax.Array:
 class VQVAETrainer(Trainer):
     """Trains the VQ-VAE of `model.arch` with `model.num_codes` codes; `model.ema` picks the codebook update."""
 
-    VMAPPABLE = ("seed", "opt.lr", "objective.commitment", "model.ema_decay")
+    vmappable_keys = ("seed", "opt.lr", "objective.commitment", "model.ema_decay")
     sweep_metric = "rec"
 
     def __init__(self, config, image_shape, num_classes=0):

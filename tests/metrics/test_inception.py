@@ -9,6 +9,7 @@ import pytest
 from synthjax import metrics
 from synthjax.errors import UserError
 from synthjax.metrics import convert_inception, inception
+from tests.fixtures import make_inception, make_resize
 
 
 def test_missing_weights_name_the_path_and_the_conversion_command(tmp_path):
@@ -62,39 +63,18 @@ def test_resize_matches_torch_interpolate():
         np.testing.assert_allclose(got, expected.permute(0, 2, 3, 1).numpy(), atol=2e-6)
 
 
-def _randomised_torch_model(torch):
-    """The reference net with random weights and non-trivial BatchNorm statistics.
-
-    BN scales/shifts are random; running statistics are first measured in
-    train mode on random 299x299 inputs (so activations stay O(1) through 94
-    layers instead of vanishing or exploding) and then perturbed, so eval-mode
-    BN is a genuine affine map rather than a whitening of the test batch.
-    """
-    from .torch_fid_inception import TorchFIDInception
-
-    torch.manual_seed(0)
-    model = TorchFIDInception()
-    g = torch.Generator().manual_seed(1)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        for bn in bns:
-            bn.weight.uniform_(0.5, 1.5, generator=g)
-            bn.bias.uniform_(-0.2, 0.2, generator=g)
-            bn.momentum = None  # cumulative average: one batch sets the statistics
-            bn.reset_running_stats()
-        model.fc.bias.uniform_(-1.0, 1.0, generator=g)
-        model.train()
-        model(torch.rand(4, 3, 299, 299, generator=g))
-        model.eval()
-        for bn in bns:
-            bn.running_mean += 0.2 * bn.running_var.sqrt() * torch.randn(bn.running_mean.shape, generator=g)
-            bn.running_var *= torch.empty_like(bn.running_var).uniform_(0.7, 1.4, generator=g)
-    return model
+def test_resize_matches_the_committed_torch_reference():
+    """The check above from tests/fixtures/resize_bilinear.npz (made by make_resize.py), so CI needs no torch."""
+    fixture = np.load(make_resize.PATH)
+    for h, w in make_resize.SIZES:
+        got = np.asarray(inception.resize_bilinear_like_torch(jnp.asarray(make_resize.inputs(h, w))))
+        np.testing.assert_allclose(got, fixture[f"{h}x{w}"], atol=2e-6, err_msg=f"{h}x{w}")
 
 
 def test_flax_inception_matches_independent_torch_implementation(tmp_path, capsys):
+    """The optional live check; the fixture twin below runs the same comparison without torch."""
     torch = pytest.importorskip("torch")
-    model = _randomised_torch_model(torch)
+    model = make_inception.randomised_torch_model()
     pth, npz = tmp_path / "random_inception.pth", tmp_path / "inception_fid.npz"
     torch.save(model.state_dict(), pth)
     assert convert_inception.main(["--torch", str(pth), "--out", str(npz)]) == 0
@@ -102,11 +82,24 @@ def test_flax_inception_matches_independent_torch_implementation(tmp_path, capsy
     assert extractor.weights_hash == hashlib.sha256(npz.read_bytes()).hexdigest()
 
     images = np.random.default_rng(0).integers(0, 256, (2, 64, 80, 3), dtype=np.uint8)  # resized up to 299
-    out = extractor(images)
     with torch.no_grad():
         pool, logits = model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
-    pool, logits = pool.numpy(), logits.numpy()
+    assert_matches_torch(extractor(images), pool.numpy(), logits.numpy(), model.fc.bias.detach().numpy(), capsys)
 
+
+def test_flax_inception_matches_the_committed_torch_reference(tmp_path, capsys):
+    """The same comparison from tests/fixtures/inception_random.npz (made by make_inception.py), so CI needs no torch."""
+    fixture = np.load(make_inception.PATH)
+    state = {k.removeprefix("state/"): fixture[k] for k in fixture.files if k.startswith("state/")}
+    flat = convert_inception.convert_state_dict({**make_inception.torch_layout_weights(), **state})
+    npz = tmp_path / "inception_fid.npz"
+    np.savez(npz, **flat)
+    extractor = metrics.InceptionFeatureExtractor.from_npz(npz)
+    out = extractor(fixture["images"])
+    assert_matches_torch(out, fixture["pool"], fixture["logits"], state["fc.bias"], capsys)
+
+
+def assert_matches_torch(out: dict, pool: np.ndarray, logits: np.ndarray, bias: np.ndarray, capsys) -> None:
     assert out["features"].shape == (2, 2048) and out["logits"].shape == (2, 1008)
     assert (pool > 0).mean() > 0.5  # activations did not die: the comparison is not 0 == 0
     rel_err = np.abs(out["features"] - pool).max() / np.abs(pool).max()
@@ -114,7 +107,6 @@ def test_flax_inception_matches_independent_torch_implementation(tmp_path, capsy
         print(f"\nFID Inception flax vs torch: max |pool diff| / max |pool| = {rel_err:.2e}")
     np.testing.assert_allclose(out["features"], pool, rtol=1e-4, atol=1e-4 * np.abs(pool).max())
     np.testing.assert_allclose(out["logits"], logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
-    bias = model.fc.bias.detach().numpy()
     np.testing.assert_allclose(out["logits_unbiased"], logits - bias, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
 
 
