@@ -75,3 +75,143 @@ def test_samplers_with_the_optimal_denoiser_recover_gaussian_data(sampler, steps
     assert np.max(np.abs(x.mean(0) - MU) / se_mean) < 4.5, x.mean(0)
     assert np.max(np.abs(np.cov(x.T) - SIGMA) / se_cov) < 4.5, np.cov(x.T)
     np.testing.assert_array_equal(np.asarray(run(jax.random.key(0)), np.float64), x)
+
+
+def test_discretized_gaussian_decoder_sums_to_one_over_the_256_levels():
+    levels = jnp.linspace(-1.0, 1.0, 256).reshape(256, 1, 1, 1)
+    for mean, log_var in [(0.0, -4.0), (0.97, -9.0), (-1.3, 0.0)]:
+        log_p = D.discretized_gaussian_log_prob(levels, jnp.full_like(levels, mean), jnp.full_like(levels, log_var))
+        np.testing.assert_allclose(float(jnp.sum(jnp.exp(log_p))), 1.0, rtol=1e-4)
+
+
+def test_strata_partition_the_timesteps():
+    for terms in (1, 7, 100, 1000):
+        start, size = D.strata(1000, terms)
+        np.testing.assert_array_equal(np.concatenate([np.arange(s, s + n) for s, n in zip(start, size)]), np.arange(1000))
+
+
+@pytest.mark.parametrize("num_terms", [4, 50])
+def test_bound_with_an_oracle_denoiser_is_prior_plus_decoder(num_terms):
+    """A denoiser that returns the true x_0 makes every KL term 0: -VLB = L_T + decoder -log p(x_0 | x_0, beta~_1)."""
+    sched = D.make_schedule("linear", 50)
+    x0 = jnp.round(jax.random.uniform(jax.random.key(1), (3, 4, 4, 1), minval=-1, maxval=1) * 127.5) / 127.5
+    got = D.negative_bound(lambda x_t, t: x0, sched, x0, jax.random.key(2), num_terms)
+    decoder = -D.discretized_gaussian_log_prob(x0, x0, jnp.full_like(x0, sched.posterior_log_var[0]))
+    np.testing.assert_allclose(got, D.prior_kl(sched, x0) + decoder, rtol=1e-5)
+
+
+def test_bound_terms_are_the_kl_between_gaussian_posteriors():
+    """L_t for t >= 1 equals the KL of N(mu~, beta~) and N(mu_theta, beta~), computed here from its definition."""
+    sched = D.make_schedule("cosine", 100)
+    k1, k2 = jax.random.split(jax.random.key(3))
+    x0, x_t = jax.random.uniform(k1, (2, 3), minval=-1, maxval=1), jax.random.normal(k2, (2, 3))
+    x0_pred, t = 0.5 * x0, jnp.array([10, 60])
+    m1, m2 = D.posterior_mean(sched, x0, x_t, t), D.posterior_mean(sched, x0_pred, x_t, t)
+    var = np.asarray(sched.posterior_var[t])[:, None]
+    want = np.sum(0.5 * (np.asarray(m1) - np.asarray(m2)) ** 2 / var, axis=1)
+    np.testing.assert_allclose(D.bound_term(sched, x0, x_t, t, x0_pred), want, rtol=1e-4)
+
+
+# --- U-Net and trainer ----------------------------------------------------------------------------
+
+import math  # noqa: E402
+import os  # noqa: E402
+
+from synthjax.config import load_config  # noqa: E402
+from synthjax.errors import UserError  # noqa: E402
+from synthjax.models.unet import build_unet  # noqa: E402
+from synthjax.trainers import build_trainer  # noqa: E402
+from tests.test_trainers import REPO, run_steps, setup  # noqa: E402
+
+
+def test_cifar10_config_builds_the_35_7m_parameter_network_of_ho_et_al():
+    config = load_config(os.path.join(REPO, "configs", "ddpm_cifar10.py"))
+    model = build_unet(config.model, (32, 32, 3), 0, jnp.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,), jnp.int32)))
+    count = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+    assert count == 35_746_307, count  # the paper's 35.7M (the PyTorch port of its TF code: 35,746,307)
+
+
+def test_unet_refuses_sizes_it_cannot_halve_and_widths_groupnorm_cannot_split():
+    config = load_config(os.path.join(REPO, "configs", "ddpm.py:smoke"))
+    config.model.unlock()
+    config.model.ch_mult = (1, 2, 2, 2)
+    with pytest.raises(UserError, match=r"halves the 28x28 images 3 times"):
+        build_unet(config.model, (28, 28, 1), 0, jnp.float32)
+    config.model.ch_mult, config.model.groups = (1, 2), 3
+    with pytest.raises(UserError, match=r"model.groups=3 does not divide"):
+        build_unet(config.model, (28, 28, 1), 0, jnp.float32)
+
+
+GOLDEN = {"ddpm.py:smoke": {"loss": 1.0038061141967773, "grad_norm": 2.0321898460388184}}
+
+
+@pytest.mark.parametrize("config_name", sorted(GOLDEN))
+def test_one_step_golden_values(config_name):
+    """One train step of the smoke config on CPU float32, pinned (recompute and say why when a change is intended)."""
+    trainer, dp, batches, state = setup(config_name)
+    state, (metrics,) = run_steps(trainer, dp, batches, state, 1)
+    got = {k: float(metrics[k]) for k in GOLDEN[config_name]}
+    for key, want in GOLDEN[config_name].items():
+        assert want is not None, f"golden value for {config_name}/{key} not pinned; got {got}"
+        np.testing.assert_allclose(got[key], want, rtol=2e-5, err_msg=f"{config_name} {key}")
+
+
+def test_samples_are_images_reproducible_from_the_seed_and_guidance_changes_them():
+    trainer, dp, batches, state = setup("ddpm.py:smoke", ["model.class_cond=true"], devices=jax.devices()[:1])
+    state, _ = run_steps(trainer, dp, batches, state, 2)
+    state = dp.host_state(state)
+    sample = jax.jit(trainer.sample, static_argnums=2)
+    a, b = sample(state, jax.random.key(5), 6), sample(state, jax.random.key(5), 6)
+    assert a.shape == (6, 28, 28, 1) and float(a.min()) >= 0 and float(a.max()) <= 1
+    np.testing.assert_array_equal(a, b)
+    trainer.config.sample.unlock()
+    trainer.config.sample.guidance = 3.0
+    guided = jax.jit(trainer.sample, static_argnums=2)(state, jax.random.key(5), 6)
+    assert float(jnp.max(jnp.abs(guided - a))) > 0
+
+
+def test_log_likelihood_is_a_finite_bound_in_nats_per_image():
+    """Every term of -VLB is a KL or a discrete -log P, so the estimate is >= 0; stratified estimates average to the full sum."""
+    trainer, dp, batches, state = setup("ddpm.py:smoke", ["objective.num_steps=20", "sample.steps=4"], devices=jax.devices()[:1])
+    state = dp.host_state(state)
+    x = next(batches)["image"][:4]
+    ll = jax.jit(trainer.log_likelihood, static_argnums=3)
+    full = np.asarray(ll(state, x, jax.random.key(0), 20))
+    bits_per_dim = -full / (784 * np.log(2))
+    assert full.shape == (4,) and np.all(np.isfinite(full)) and np.all(bits_per_dim > 0), bits_per_dim
+    strat = np.mean([np.asarray(ll(state, x, jax.random.key(k), 5)) for k in range(8)], axis=0)
+    np.testing.assert_allclose(strat, full, rtol=0.1)
+
+
+def test_vmapped_ddpm_step_equals_member_steps():
+    """Seed, learning rate and EMA decay as stacked hyperparameters: the same numbers as each member's own step."""
+    from synthjax import sweep
+    from synthjax.data import build_pipeline, get_source
+    from synthjax.parallel import DataParallel
+
+    members = [["seed=0"], ["seed=1", "opt.lr=3e-3", "model.ema_decay=0.9"]]
+    configs = [load_config(os.path.join(REPO, "configs", "ddpm.py:smoke"), m) for m in members]
+    source = get_source(configs[0].data)
+    trainers = [build_trainer(c, source.image_shape, source.num_classes) for c in configs]
+    trainer, dp = trainers[0], DataParallel("shard_map")
+    assert set(trainer.VMAPPABLE) == {"seed", "opt.lr", "model.ema_decay"}
+    pipeline = build_pipeline(source, configs[0].train.batch_size, 0, trainer.preprocess, num_threads=0)
+    batches = [dp.put_batch(next(pipeline)) for _ in range(2)]
+    init = jax.jit(trainer.create_state)
+    states = [init(jax.random.key(c.seed)) for c in configs]
+    hps = [t.hparams() for t in trainers]
+    keys = [jax.random.key(100 + c.seed) for c in configs]
+    stacked_step = dp.compile_step(sweep._stacked_step(trainer, "halt"))
+    carry = dp.put_state((sweep._stack(states), sweep._stack(hps)))
+    for batch in batches:
+        carry, stacked_metrics = stacked_step(carry, batch, jnp.stack(keys))
+    for i, member in enumerate(trainers):
+        plain = dp.compile_step(member.train_step)
+        state = dp.put_state(init(jax.random.key(configs[i].seed)))
+        for batch in batches:
+            state, metrics = plain(state, batch, keys[i])
+        want, got = jax.device_get(dp.host_state(state)), jax.device_get(sweep._member(carry[0], i))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5, err_msg=f"member {i}"), got, want)
+        for k, v in jax.device_get(dp.metrics(metrics)).items():
+            np.testing.assert_allclose(jax.device_get(stacked_metrics[k])[i], v, rtol=1e-5, atol=1e-6, err_msg=k)

@@ -237,21 +237,24 @@ def negative_bound(
 ) -> jax.Array:
     """An unbiased estimate of -(variational lower bound on log p(x_0)) per image, in nats, shape (B,).
 
-    -VLB = L_T + sum_{t=0}^{T-1} L_t. With `num_terms` >= T every term is
-    evaluated (one noise draw each); with fewer, 0..T-1 is cut into
-    `num_terms` strata, one t drawn uniformly in each and its term weighted by
-    the stratum's size, so the expectation over the draws is still exactly
-    -VLB. `denoise_x0(x_t, t)` returns the model's predicted x_0.
+    -VLB = L_T + L_0 + sum_{t=1}^{T-1} L_t. L_T and the decoder term L_0 (the
+    largest for a trained model) are always evaluated; with `num_terms` >= T
+    so is every other term (one noise draw each), with fewer 1..T-1 is cut
+    into `num_terms` - 1 strata, one t drawn uniformly in each and its term
+    weighted by the stratum's size, so the expectation over the draws is still
+    exactly -VLB. `denoise_x0(x_t, t)` returns the model's predicted x_0.
     """
-    num_terms = min(num_terms, sched.num_steps)
-    start, size = (jnp.asarray(a) for a in strata(sched.num_steps, num_terms))
+    num_strata = max(1, min(num_terms, sched.num_steps) - 1)
+    start, size = (jnp.asarray(np.append(a, 0)) for a in strata(sched.num_steps - 1, num_strata))
     batch = x0.shape[0]
 
     def term(total, k):
         t_key, n_key = jax.random.split(jax.random.fold_in(key, k))
-        t = start[k] + jax.random.randint(t_key, (batch,), 0, size[k])
+        t = 1 + start[k] + jax.random.randint(t_key, (batch,), 0, size[k])
+        t = jnp.where(k == num_strata, 0, t)  # the last pass is the decoder term at t = 0
+        weight = jnp.where(k == num_strata, 1, size[k])
         x_t = q_sample(sched, x0, t, jax.random.normal(n_key, x0.shape))
-        return total + size[k] * bound_term(sched, x0, x_t, t, denoise_x0(x_t, t)), None
+        return total + weight * bound_term(sched, x0, x_t, t, denoise_x0(x_t, t)), None
 
-    total, _ = jax.lax.scan(term, prior_kl(sched, x0), jnp.arange(num_terms))
+    total, _ = jax.lax.scan(term, prior_kl(sched, x0), jnp.arange(num_strata + 1))
     return total
