@@ -20,9 +20,11 @@ import sys
 from typing import NoReturn
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
-flags.DEFINE_string(
-    "config", None, "Experiment config file, e.g. configs/dcgan.py[:smoke]. Override any field with --config.KEY=VALUE."
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. configs/dcgan.py[:smoke]. Override any field with --config.KEY=VALUE "
+    "or --config.KEY VALUE.", lock_config=True,
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples; rerun with the same one to resume.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
@@ -30,8 +32,6 @@ flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host
 flags.DEFINE_integer("process_id", None, "Index of this process in a multi-host run.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with auto-detected settings (TPU pods, SLURM).")
 FLAGS = flags.FLAGS
-OVERRIDE_PREFIX = "--config."
-_overrides: list[str] = []
 
 
 def fail(message: str) -> NoReturn:
@@ -39,35 +39,49 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Take `--config.KEY=VALUE` (or `--config.KEY VALUE`) out of argv as 'KEY=VALUE'; absl parses the rest."""
-    rest, overrides, i = [], [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith(OVERRIDE_PREFIX):
-            key, eq, value = arg[len(OVERRIDE_PREFIX) :].partition("=")
-            if not eq:
-                if i + 1 >= len(argv):
-                    fail(f"{arg} needs a value, e.g. {arg}=VALUE")
-                i, value = i + 1, argv[i + 1]
-            overrides.append(f"{key}={value}")
-        else:
-            rest.append(arg)
-        i += 1
-    return rest, overrides
-
-
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with one-line errors instead of usage dumps."""
-    rest, _overrides[:] = split_overrides(argv)
+    """absl + ml_collections config_flags parsing, with one-line errors instead of usage dumps."""
     try:
-        remaining = FLAGS(rest)
-    except flags.Error as e:
-        fail(f"{e} (see --helpfull)")
-    missing = [name for name in ("config", "workdir") if not FLAGS[name].value]
+        remaining = FLAGS(argv)
+        missing = [name for name in ("config", "workdir") if FLAGS[name].value is None]
+        if not missing:
+            FLAGS.config.lock()  # config_flags defers a failed load of the file to the first use; this is it
+    except Exception as e:  # noqa: BLE001  (config_flags raises several types; each becomes one line below)
+        fail(describe_flag_error(argv, e))
     if missing:
         fail(f"missing {', '.join('--' + m for m in missing)}; e.g. python train.py --config configs/dcgan.py:smoke --workdir /tmp/dcgan")
     return remaining
+
+
+def describe_flag_error(argv: list[str], error: Exception) -> str:
+    """One line for a failed flag parse. A config or override mistake is re-diagnosed by synthjax.config's own
+    loader, whose messages name the key, its type and the closest valid keys ("did you mean")."""
+    from synthjax.config import load_config
+    from synthjax.errors import UserError
+
+    if isinstance(error, UserError):
+        return str(error)
+    try:
+        rest, overrides = split_config_args(argv)
+        if "config" in rest:
+            load_config(rest["config"], overrides)
+    except UserError as e:
+        return str(e)
+    return " ".join(str(error).split()) + " (see --helpfull)"
+
+
+def split_config_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """({'config': PATH} when given, the 'KEY=VALUE' overrides) out of argv, through the shared override parser."""
+    from synthjax.config import split_overrides
+
+    rest, overrides = split_overrides(argv[1:])
+    found = {}
+    for i, arg in enumerate(rest):
+        if arg.startswith("--config="):
+            found["config"] = arg.partition("=")[2]
+        elif arg == "--config" and i + 1 < len(rest):
+            found["config"] = rest[i + 1]
+    return found, overrides
 
 
 def _env_int(name: str) -> int | None:
@@ -102,12 +116,11 @@ def main(argv: list[str]) -> None:
     init_distributed()
 
     from synthjax import tuning
-    from synthjax.config import load_config
     from synthjax.errors import UserError
     from synthjax.train import train_and_evaluate
 
     try:
-        config = load_config(FLAGS.config, _overrides)
+        config = FLAGS.config
         tuning.apply(config.train.cpu_allocator)  # process-level CPU tuning, before jax starts its backend
         train_and_evaluate(config, FLAGS.workdir)
     except UserError as e:

@@ -18,7 +18,11 @@ relaunching the same command until it finishes. Checked after every kill:
 and at the end of each episode the final parameters are compared, bit for
 bit, with an uninterrupted run of the same config and code (rerun whenever
 the code or configs change; an episode during which they changed is not
-compared). Exits 1 on any failure.
+compared). Every `--stack_every`-th episode trains a stack instead: a
+vmapped seed sweep (`python -m synthjax.sweep --sweep seed=0:2 --vmap`, two
+members in one program, checkpointed as one state in WORKDIR/stack), judged
+the same way. `episodes_bit_exact_after_kill` counts only episodes that
+were killed at least once. Exits 1 on any failure.
 """
 from __future__ import annotations
 
@@ -88,32 +92,51 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
+STACK_SWEEP = ["--sweep", "seed=0:2", "--vmap"]
+
+
+def launch_args(args, kind: str, workdir: str, overrides: list[str]) -> list[str]:
+    """train.py for a single run; the sweep CLI for a stack of two seeds."""
+    argv = runs.train_args(args.config, workdir, *overrides)
+    if kind == "single":
+        return argv
+    return [argv[0], "-m", "synthjax.sweep", *argv[2:], *STACK_SWEEP]
+
+
+def state_dir(kind: str, workdir: str) -> str:
+    """Where the checkpoints and metrics.jsonl of an episode live (a stack's own workdir inside the sweep's)."""
+    return workdir if kind == "single" else os.path.join(workdir, "stack")
+
+
 class Reference:
     """The uninterrupted run's final state, recomputed whenever the code under test changes."""
 
-    def __init__(self, args, overrides: list[str]):
+    def __init__(self, args, overrides: list[str], kind: str = "single"):
         self.args, self.overrides, self.fingerprint, self.state = args, overrides, None, None
+        self.kind = kind
         self.recomputed = 0
 
     def current(self) -> dict:
         fingerprint = code_fingerprint()
         if fingerprint != self.fingerprint:
-            ref_dir = os.path.join(self.args.workdir, "reference")
+            ref_dir = os.path.join(self.args.workdir, f"reference_{self.kind}")
             shutil.rmtree(ref_dir, ignore_errors=True)
-            result = runs.run(runs.train_args(self.args.config, ref_dir, *self.overrides), timeout=3600)
+            result = runs.run(launch_args(self.args, self.kind, ref_dir, self.overrides), timeout=3600)
             if result.returncode != 0:
                 raise SystemExit(f"reference run failed:\n{result.stderr[-3000:]}")
             rate = re.search(r"\(([\d.]+) steps/s\)", result.stdout)
             print(f"reference: {self.args.steps} steps uninterrupted ({rate.group(1) if rate else '?'} steps/s incl. start-up), "
                   f"code {fingerprint[:12]}", flush=True)
-            self.fingerprint, self.state = fingerprint, runs.read_state(ref_dir, self.args.steps)
+            self.fingerprint, self.state = fingerprint, runs.read_state(state_dir(self.kind, ref_dir), self.args.steps)
             self.recomputed += 1
         return self.state
 
 
 def run_episode(args, index: int, rng: random.Random, reference: Reference, overrides: list[str]) -> dict:
-    workdir = os.path.join(args.workdir, f"episode{index:03d}")
-    shutil.rmtree(workdir, ignore_errors=True)
+    kind = reference.kind
+    top = os.path.join(args.workdir, f"episode{index:03d}")
+    shutil.rmtree(top, ignore_errors=True)
+    workdir = state_dir(kind, top)  # what is checked: checkpoints, metrics.jsonl, the resume line
     expected = reference.current()
     code_at_start = reference.fingerprint
     kills: list[Kill] = []
@@ -121,9 +144,9 @@ def run_episode(args, index: int, rng: random.Random, reference: Reference, over
     started = time.monotonic()
     while True:
         launches += 1
-        log = f"{workdir}.launch{launches}.log"
+        log = f"{top}.launch{launches}.log"
         # Unbuffered, so the "resuming ... from step N" line is on disk before any kill.
-        proc = runs.start(runs.train_args(args.config, workdir, *overrides), env=runs.jax_env(PYTHONUNBUFFERED="1"), log=log)
+        proc = runs.start(launch_args(args, kind, top, overrides), env=runs.jax_env(PYTHONUNBUFFERED="1"), log=log)
         deadline = time.monotonic() + rng.uniform(*args.kill_after)
         try:
             while proc.poll() is None and time.monotonic() < deadline:
@@ -157,6 +180,7 @@ def run_episode(args, index: int, rng: random.Random, reference: Reference, over
     judged = [k for k in kills if k.ok is not None]
     return {
         "episode": index,
+        "kind": kind,
         "launches": launches,
         "kills": len(kills),
         "kills_judged": len(judged),
@@ -179,6 +203,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "synthjax-soak"))
     p.add_argument("--out", default="", help="write the full result as JSON here")
+    p.add_argument("--stack_every", type=int, default=2, help="every Nth episode trains a stack of two seeds (0: never)")
     args = p.parse_args(argv)
 
     overrides = [f"--config.train.num_steps={args.steps}", f"--config.train.ckpt_every={args.ckpt_every}",
@@ -188,11 +213,13 @@ def main(argv=None) -> int:
     begin = time.time()
     # SIGTERM ends the soak through the finally blocks, which SIGKILL the current launch.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    reference = Reference(args, overrides)
+    references = {kind: Reference(args, overrides, kind) for kind in ("single", "stack")}
 
     episodes = []
     while time.time() - begin < args.minutes * 60:
-        episode = run_episode(args, len(episodes), rng, reference, overrides)
+        n = len(episodes)
+        kind = "stack" if args.stack_every and n % args.stack_every == args.stack_every - 1 else "single"
+        episode = run_episode(args, n, rng, references[kind], overrides)
         episodes.append(episode)
         print({k: v for k, v in episode.items() if k != "details"}, flush=True)
 
@@ -212,8 +239,11 @@ def main(argv=None) -> int:
         "kills_before_first_checkpoint": sum(e["kills_before_first_checkpoint"] for e in episodes),
         "max_lost_steps": max((e["max_lost_steps"] for e in episodes), default=0),
         "episodes_bit_exact": sum(e["bit_exact"] is True for e in episodes),
+        "episodes_killed": sum(e["kills"] > 0 for e in episodes),
+        "episodes_bit_exact_after_kill": sum(e["bit_exact"] is True and e["kills"] > 0 for e in episodes),
+        "stack_episodes": sum(e["kind"] == "stack" for e in episodes),
         "episodes_not_compared": sum(e["bit_exact"] is None for e in episodes),
-        "reference_runs": reference.recomputed,
+        "reference_runs": sum(r.recomputed for r in references.values()),
     }
     print(json.dumps(summary, indent=2))
     if args.out:

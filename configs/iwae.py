@@ -23,7 +23,6 @@ def get_config(arg=None):
     c.model.arch = "mlp"
     c.model.latent = 50
     c.model.hidden = 200
-    c.model.width = 0
     c.objective.likelihood = "bernoulli"
     c.objective.beta = 1.0
     c.objective.iwae_k = 5

@@ -17,7 +17,6 @@ def get_config(arg=None):
     c.model.arch = "mlp"
     c.model.latent = 20
     c.model.hidden = 400
-    c.model.width = 0
     c.objective.likelihood = "bernoulli"
     c.objective.beta = 1.0
     c.objective.iwae_k = 1  # > 1: train on the IWAE bound with this many samples (beta must be 1)

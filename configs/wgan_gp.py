@@ -27,7 +27,6 @@ def get_config(arg=None):
     c.model.family = "gan"
     c.model.arch = "dcgan"
     c.model.z_dim = 100
-    c.model.hidden = 256  # unused by dcgan
     c.model.g_width = 128
     c.model.d_width = 64
     c.model.use_bias = True

@@ -1,6 +1,7 @@
 """Throughput of synthjax's own train steps on a fixed on-device batch.
 
     python -m synthjax.bench --workload dcgan28 --batch-size 128 --steps 200 [--dtype bfloat16] [--json]
+    python -m synthjax.bench --workload dcgan28 --members 8 --steps 10 --json   # a stack vs. its members one by one
 
 Workloads are the reference ones of the benchmark spec (dcgan28, dcgan64,
 vae_mlp) plus each model family's default config (any `configs/<name>.py`,
@@ -18,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -27,12 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from synthjax import tuning
-from synthjax.config import load_config
+from synthjax.config import load_config, split_overrides
+from synthjax.errors import UserError
 from synthjax.data import get_source
 from synthjax.data.sources import TFDS_DATASETS, tfds_image_shape
 from synthjax.models import formulations
 from synthjax.parallel import DataParallel
-from synthjax.train import guard_nonfinite
+from synthjax.stack import Stack, guard_nonfinite, stack_configs
 from synthjax.trainers import build_trainer
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -172,6 +175,57 @@ def run(workload: str, batch_size: int, steps: int, dtype: str = "float32", warm
     }
 
 
+def prepare_stack(workload: str, batch_size: int, members: int, dtype: str = "float32",
+                  overrides: Sequence[str] = ()) -> tuple[PreparedStep, list]:
+    """The train step of a stack of `members` (seeds 0..N-1, each its own batch) as `synthjax.train` compiles it;
+    also the stack's configs (with `sweep.cpu_stack_overrides` applied on CPU)."""
+    config, image_shape = workload_config(workload, batch_size, dtype, overrides)
+    configs = [workload_config(workload, batch_size, dtype, [*overrides, f"seed={i}"])[0] for i in range(members)]
+    configs = stack_configs(configs, jax.default_backend(), log=lambda _: None)
+    stack = Stack([build_trainer(c, image_shape, 10) for c in configs], "halt", shared_data_order=False)
+    dp = DataParallel("shard_map", stacked_state=True, stacked_batch=True)
+    init_keys, step_keys, _, _ = stack.keys(range(members))
+    state = dp.put_state(jax.jit(stack.create_state)(init_keys))
+    batches = [fixed_batch(stack.trainer, image_shape, batch_size, seed=i) for i in range(members)]
+    batch = dp.put_batch(jax.tree.map(lambda *xs: np.stack(xs), *batches))
+    step = dp.compile_step(stack.train_step)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch, step_keys).compile()
+    return PreparedStep(configs[0], compiled, state, batch, step_keys, time.perf_counter() - t0, dp.num_devices), configs
+
+
+def run_members(workload: str, batch_size: int, steps: int, members: int, dtype: str = "float32", warmup: int = 2,
+                rounds: int = 3, overrides: Sequence[str] = ()) -> dict:
+    """A stack of `members` against the same members run one after another, in this process.
+
+    A single run's step (its default config) and the stack's step are timed in
+    alternating rounds of `steps` steps (the median round counts), so load on
+    a shared machine hits both alike. N single runs one after another process
+    images at one run's rate, so that is `sequential_images_per_sec`;
+    `images_per_sec` sums the stack's members.
+    """
+    single = prepare(workload, batch_size, dtype, overrides)
+    stacked, configs = prepare_stack(workload, batch_size, members, dtype, overrides)
+    single.time(warmup)
+    stacked.time(warmup)
+    single_s, stacked_s = [], []
+    for _ in range(rounds):
+        single_s.append(single.time(steps)[0])
+        seconds, metrics = stacked.time(steps)
+        stacked_s.append(seconds)
+    seq_ips = batch_size * steps / float(np.median(single_s))
+    stack_ips = members * batch_size * steps / float(np.median(stacked_s))
+    return {
+        "framework": "synthjax", "version": jax.__version__, "workload": workload, "members": members,
+        "batch_size": batch_size, "steps": steps, "rounds": rounds,
+        "images_per_sec": stack_ips, "sequential_images_per_sec": seq_ips, "speedup_vs_sequential": stack_ips / seq_ips,
+        "stack_step_ms": 1000 * float(np.median(stacked_s)) / steps, "single_step_ms": 1000 * float(np.median(single_s)) / steps,
+        "compile_s": stacked.compile_s, "device": device_name(), "num_devices": stacked.num_devices, "dtype": dtype,
+        "overrides": list(overrides), "stack_overrides": configs[0].sweep.cpu_stack_overrides if jax.default_backend() == "cpu" else "",
+        "finite": bool(np.all(jax.device_get(metrics["nonfinite"]) == 0)),
+    }
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", default="dcgan28")
@@ -181,11 +235,25 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. --set model.conv_impl=native (repeatable)")
+                   help="config override, the same as --config.KEY=VALUE or --config.KEY VALUE (repeatable)")
+    p.add_argument("--members", type=int, default=0,
+                   help="time a stack of this many members against them run one by one (speedup_vs_sequential)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
-    a = p.parse_args(argv)
+    try:
+        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    except UserError as e:
+        p.error(str(e))
+    a = p.parse_args(rest)
+    a.set = [*a.set, *overrides]
     a.batch_size = cli_batch_size(a.workload, a.batch_size)
     tuning.apply(workload_config(a.workload, a.batch_size, a.dtype, a.set)[0].train.cpu_allocator)
+    if a.members:
+        result = run_members(a.workload, a.batch_size, a.steps, a.members, a.dtype, min(a.warmup, 2), overrides=a.set)
+        if not a.json:
+            print(f"{a.workload} b{a.batch_size} x{a.members} members on {result['device']}: {result['images_per_sec']:.1f} img/s "
+                  f"stacked, {result['sequential_images_per_sec']:.1f} sequential ({result['speedup_vs_sequential']:.2f}x)")
+        print(json.dumps(result))
+        return
     result = run(a.workload, a.batch_size, a.steps, a.dtype, a.warmup, a.set)
     if not a.json:
         print(f"{a.workload} b{a.batch_size} {a.dtype} on {result['device']}: {result['images_per_sec']:.1f} img/s, "

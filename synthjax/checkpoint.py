@@ -82,8 +82,8 @@ def proves_damage(e: BaseException) -> bool:
 class Checkpointer:
     """Save, list and restore `(state, meta)` checkpoints under `workdir/checkpoints`."""
 
-    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True, name: str = "checkpoints"):
+        self.directory = os.path.abspath(os.path.join(workdir, name))
         self.damaged_directory = os.path.abspath(os.path.join(workdir, DAMAGED_DIR))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True

@@ -30,7 +30,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.family = ""
     c.model.arch = ""
     c.objective = ml_collections.ConfigDict()
-    c.opt = ml_collections.ConfigDict(dict(lr=1e-3, b1=0.9, b2=0.999, grad_clip=0.0))
+    # lr is the peak rate; schedule: 'constant', 'linear' or 'cosine' decay to end_factor * lr over
+    # decay_steps updates (0: train.num_steps), after warmup_steps of linear warm-up (trainers/base.py lr_factor).
+    c.opt = ml_collections.ConfigDict(
+        dict(lr=1e-3, b1=0.9, b2=0.999, grad_clip=0.0, schedule="constant", warmup_steps=0, decay_steps=0, end_factor=0.0)
+    )
     c.data = ml_collections.ConfigDict(
         dict(
             name="mnist_bundled",
@@ -54,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
             sample_every=500,
             ckpt_every=500,
             keep=3,
+            # Also keep the best checkpoint by a periodic evaluation metric (e.g. 'fid', 'neg_elbo': any
+            # eval/<name> the run logs) in checkpoints.best/; '': off. Lower is better except for is, precision, recall.
+            keep_best="",
             eval_every=0,  # 0: evaluate only at the end
             eval_batches=4,
             num_grid=64,  # images in each sample grid
@@ -80,6 +87,18 @@ def base_config() -> ml_collections.ConfigDict:
             nll_num=500,  # dataset images for the nll metric
             num_ref=0,  # reference images; 0: the whole dataset
             seed=0,  # sample seed, fixed so successive evaluations differ only by the model
+            resize="pytorch_fid",  # Inception input resize: 'pytorch_fid' (bilinear) or 'clean' (clean-fid's bicubic)
+        )
+    )
+    # Stacks: runs that differ only in seed or numeric hyperparameters trained as one vmapped
+    # program (python -m synthjax.sweep --vmap; synthjax/stack.py).
+    c.sweep = ml_collections.ConfigDict(
+        dict(
+            shared_data_order=False,  # True: every member reads the data order of the first member's seed
+            member_shards=1,  # devices along the mesh's `members` axis (the rest form the `data` axis)
+            # 'KEY=VALUE;...' applied to stacks of several members on CPU (formulations that stay fast under
+            # vmap; a config sets what its measurement favours, see docs/performance.md)
+            cpu_stack_overrides="",
         )
     )
     return c
@@ -112,16 +131,54 @@ def finalize(config: ml_collections.ConfigDict, arg: str | None, smoke_overrides
 def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Load `configs/X.py[:arg]` and apply `key=value` overrides (as `--config.key=value` does)."""
     file, _, arg = path.partition(":")
-    if not os.path.exists(file):
-        raise UserError(f"config file {file!r} not found")
-    spec = importlib.util.spec_from_file_location(f"_synthjax_config_{os.path.basename(file)[:-3]}", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
+    module = _load_config_module(file)
+    return apply_overrides(module.get_config(arg or None), overrides)
+
+
+OVERRIDE_PREFIX = "--config."
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Take `--config.KEY=VALUE` and `--config.KEY VALUE` out of argv as 'KEY=VALUE'; return (the rest, overrides).
+
+    Every entry point (train.py, synthjax.sweep, evaluate, sample, bench) reads overrides through this, so
+    both spellings work everywhere; `load_config` and `apply_overrides` then parse each value like its field.
+    """
+    rest, overrides, args = [], [], list(argv)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith(OVERRIDE_PREFIX):
+            rest.append(arg)
+            continue
+        key, eq, value = arg[len(OVERRIDE_PREFIX) :].partition("=")
+        if not eq:
+            if not args or args[0].startswith("--"):
+                raise UserError(f"{arg} needs a value, e.g. {arg}=VALUE or {arg} VALUE")
+            value = args.pop(0)
+        overrides.append(f"{key}={value}")
+    return rest, overrides
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    """Set each 'KEY=VALUE' of `overrides` on `config` (as `--config.KEY=VALUE`), keeping each field's type."""
     for item in overrides:
         key, _, value = item.partition("=")
         set_value(config, key, value)
     return config
+
+
+def _load_config_module(file: str):
+    """The Python module of a config file, refusing anything that is not a `.py` file defining `get_config`."""
+    if not os.path.exists(file):
+        raise UserError(f"config file {file!r} not found")
+    if not file.endswith(".py") or not os.path.isfile(file):
+        raise UserError(f"config {file!r} is not a .py file; pass a Python config such as configs/dcgan.py (optionally configs/dcgan.py:smoke)")
+    spec = importlib.util.spec_from_file_location(f"_synthjax_config_{os.path.basename(file)[:-3]}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise UserError(f"config file {file!r} defines no get_config(arg) function; add one returning the ConfigDict (see configs/dcgan.py)")
+    return module
 
 
 def set_value(config: ml_collections.ConfigDict, key: str, value: str) -> None:

@@ -1,7 +1,7 @@
 """Evaluate a trained run: FID, KID, Inception Score, precision/recall and likelihood.
 
     python -m synthjax.evaluate --workdir runs/dcgan [--metrics fid,kid,is,pr,nll] [--num 10000]
-        [--extractor mnist_classifier|inception] [--inception-weights PATH] [--iwae-k 1000]
+        [--extractor mnist_classifier|inception] [--inception-weights PATH] [--iwae-k 1000] [--config.KEY VALUE ...]
 
 Held-out protocol: references and likelihoods come from the test split
 (`data.eval_split`, default 'test'; `--split` overrides it), never from the
@@ -33,12 +33,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
+from synthjax import config as config_lib
 from synthjax import tuning
 from synthjax.errors import UserError
 from synthjax.images import to_uint8
@@ -77,6 +78,7 @@ class EvalSettings:
     nll_num: int = 1000
     num_ref: int = 0  # 0: every image of the dataset
     seed: int = 0
+    resize: str = "pytorch_fid"  # Inception input resize: 'pytorch_fid' (bilinear) or 'clean' (clean-fid's bicubic)
 
 
 def parse_metrics(text: str) -> tuple[str, ...]:
@@ -107,7 +109,7 @@ def validate_settings(s: EvalSettings, where: str = "--") -> EvalSettings:
 # ----------------------------------------------------------------------------- extractors
 
 
-def load_extractor(name: str, weights: str = "", log: Callable[[str], None] = print) -> FeatureExtractor:
+def load_extractor(name: str, weights: str = "", log: Callable[[str], None] = print, resize: str = "pytorch_fid") -> FeatureExtractor:
     """The named feature extractor; the MNIST classifier is trained into the cache on first use.
 
     An explicit `weights` path must exist (a missing file raises with the
@@ -118,7 +120,7 @@ def load_extractor(name: str, weights: str = "", log: Callable[[str], None] = pr
         path = weights or classifier_lib.ensure_default_weights(log=log)
         return classifier_lib.ClassifierFeatureExtractor.from_npz(path)
     if name == "inception":
-        return InceptionFeatureExtractor.from_npz(weights or classifier_lib.cache_dir() / INCEPTION_FILE)
+        return InceptionFeatureExtractor.from_npz(weights or classifier_lib.cache_dir() / INCEPTION_FILE, resize=resize)
     raise UserError(f"unknown extractor {name!r}; valid: {', '.join(EXTRACTORS)}")
 
 
@@ -229,7 +231,7 @@ def nll_convention(config: ml_collections.ConfigDict, trainer, iwae_k: int, seed
                 f"once with seed {seed}, no dequantisation")
     else:
         data = "8-bit data: -log P(x) of a discrete model in nats per image on {0..255}^D, no dequantisation"
-    how = "exact" if getattr(trainer, "log_likelihood_exact", False) else (
+    how = "exact" if trainer.log_likelihood_kind == "exact" else (
         f"IWAE bound with k={iwae_k} (a lower bound on log p(x), so an upper bound on the NLL)")
     return f"{data}; {how}; bits/dim = nats / (D ln 2)"
 
@@ -277,7 +279,7 @@ class Evaluator:
         self._log_likelihood = jax.jit(trainer.log_likelihood, static_argnums=3) if "nll" in self.metrics else None
 
     def _resolve_metrics(self, requested: tuple[str, ...] | None) -> tuple[str, ...]:
-        has_ll = hasattr(self.trainer, "log_likelihood")
+        has_ll = self.trainer.log_likelihood_kind != "none"
         if requested is None:
             return (*SAMPLE_METRICS, "nll") if has_ll else SAMPLE_METRICS
         if "nll" in requested and not has_ll:
@@ -290,7 +292,7 @@ class Evaluator:
     def _prepare_features(self) -> None:
         s = self.settings
         num_ref = min(s.num_ref or len(self.source), len(self.source))
-        self.extractor = load_extractor(s.extractor, s.weights, self.log)
+        self.extractor = load_extractor(s.extractor, s.weights, self.log, s.resize)
         check_compatible(self.extractor, self.source.image_shape, self.source.name)
         check_sample_counts(self.sample_metrics, s.num, num_ref, self.extractor)
         load = lambda: to_extractor_input(dataset_images(self.source, num_ref), self.extractor)  # noqa: E731
@@ -359,6 +361,7 @@ def settings_from_config(eval_cfg: ml_collections.ConfigDict) -> EvalSettings:
         metrics=parse_metrics(eval_cfg.metrics) if eval_cfg.metrics else None,
         num=eval_cfg.num, extractor=eval_cfg.extractor, weights=eval_cfg.weights,
         iwae_k=eval_cfg.iwae_k, nll_num=eval_cfg.nll_num, num_ref=eval_cfg.num_ref, seed=eval_cfg.seed,
+        resize=eval_cfg.get("resize", "pytorch_fid"),
     )
     return validate_settings(s, where="eval.")
 
@@ -376,14 +379,15 @@ def periodic_evaluator(config: ml_collections.ConfigDict, trainer, log: Callable
 
 
 def evaluate_workdir(
-    workdir: str, settings: EvalSettings, split: str = "", out: str = "", log: Callable[[str], None] = print
+    workdir: str, settings: EvalSettings, split: str = "", out: str = "", log: Callable[[str], None] = print,
+    overrides: Sequence[str] = (),
 ) -> dict:
-    """Evaluate the latest checkpoint of `workdir` on `split` (default: the run's data.eval_split, 'test'),
-    write `out` (default `workdir/eval.json`) and return its contents."""
+    """Evaluate the latest checkpoint of `workdir` (its saved config with `overrides`) on `split` (default: the
+    run's data.eval_split, 'test'), write `out` (default `workdir/eval.json`) and return its contents."""
     from synthjax.sample import load_run
 
     t0 = time.perf_counter()
-    config, trainer, state, step = load_run(workdir)
+    config, trainer, state, step = load_run(workdir, overrides)
     if split:
         config.data.eval_split = split
     evaluator = Evaluator(config, trainer, settings, log)
@@ -409,7 +413,7 @@ def _settings_from_args(a: argparse.Namespace) -> EvalSettings:
     return EvalSettings(
         metrics=parse_metrics(a.metrics) if a.metrics else None, num=a.num, extractor=a.extractor,
         weights=a.inception_weights or a.classifier_weights, iwae_k=a.iwae_k, nll_num=a.nll_num,
-        num_ref=a.num_ref, seed=a.seed,
+        num_ref=a.num_ref, seed=a.seed, resize=a.resize,
     )
 
 
@@ -429,12 +433,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-ref", type=int, default=0, help="reference images (0: the whole dataset)")
     p.add_argument("--split", default="", help="dataset split for references and nll (default: the run's data.eval_split, 'test')")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resize", default="pytorch_fid", help="Inception input resize: pytorch_fid (bilinear, as papers) or clean (clean-fid)")
     p.add_argument("--out", default="", help="result file (default WORKDIR/eval.json, replaced by each evaluation)")
-    a = p.parse_args(argv)
+    try:
+        rest, overrides = config_lib.split_overrides(sys.argv[1:] if argv is None else argv)
+    except UserError as e:
+        p.error(str(e))
+    a = p.parse_args(rest)
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     tuning.apply()
     try:
-        result = evaluate_workdir(a.workdir, _settings_from_args(a), a.split, a.out)
+        result = evaluate_workdir(a.workdir, _settings_from_args(a), a.split, a.out, overrides=overrides)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

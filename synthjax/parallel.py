@@ -1,5 +1,9 @@
 """Data parallelism: one per-device train step, run under `shard_map` in `jit` or under `pmap`.
 
+A stack of runs (synthjax/stack.py) can also spread its members over devices:
+the mesh then has a `members` axis beside `data`, states and per-member
+batches are split along it, and each device trains its block of members.
+
 Trainers write their steps per device, averaging gradients and BatchNorm
 statistics over the axis `AXIS`. `DataParallel` places states and batches and
 compiles a step either way; both give the same numbers. Noise drawn with
@@ -17,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
 AXIS = "data"
+MEMBERS = "members"
 MODES = ("shard_map", "pmap")
 
 
@@ -53,24 +58,55 @@ def pmean(tree: Any) -> Any:
     return jax.lax.pmean(tree, AXIS)
 
 
-def make_mesh(devices=None) -> Mesh:
-    """A 1-D data mesh over all devices, ordered by process so each process owns a contiguous block."""
-    return Mesh(np.asarray(devices if devices is not None else jax.devices()), (AXIS,))
+def make_mesh(devices=None, member_shards: int = 1) -> Mesh:
+    """A data mesh over all devices, ordered by process so each process owns a contiguous block;
+    with `member_shards` > 1 a 2-D (members, data) mesh."""
+    devices = np.asarray(devices if devices is not None else jax.devices())
+    if member_shards == 1:
+        return Mesh(devices, (AXIS,))
+    if devices.size % member_shards:
+        raise ValueError(f"sweep.member_shards={member_shards} does not divide the {devices.size} devices")
+    return Mesh(devices.reshape(member_shards, -1), (MEMBERS, AXIS))
+
+
+def member_block(tree: Any) -> Any:
+    """This device's block of members of replicated per-member arrays (leading axis); all of them without a members axis."""
+    try:
+        shards = jax.lax.psum(1, MEMBERS)
+    except NameError:  # no members axis in this mesh
+        return tree
+
+    def block(x):
+        n = x.shape[0] // shards
+        return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(MEMBERS) * n, n)
+
+    return jax.tree.map(block, tree)
 
 
 class DataParallel:
     """Places states and batches and compiles per-device steps for one mode ('shard_map' or 'pmap')."""
 
-    def __init__(self, mode: str = "shard_map", mesh: Mesh | None = None):
+    def __init__(self, mode: str = "shard_map", mesh: Mesh | None = None, stacked_state: bool = False,
+                 stacked_batch: bool = False):
         if mode not in MODES:
             raise ValueError(f"parallel mode {mode!r}; valid: {MODES}")
         self.mode = mode
         self.mesh = mesh or make_mesh()
         self.local_devices = [d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
+        members = MEMBERS if MEMBERS in self.mesh.axis_names else None
+        # A stack's states (and metrics) carry a leading member axis, split over `members` when the mesh has one;
+        # its batches do too unless the members share one data order.
+        self.state_spec = P(members) if stacked_state else P()
+        self.batch_spec = P(members, AXIS) if stacked_batch else P(AXIS)
 
     @property
     def num_devices(self) -> int:
         return self.mesh.devices.size
+
+    @property
+    def data_shards(self) -> int:
+        """Devices along the data axis (the batch is split over these)."""
+        return self.mesh.shape[AXIS]
 
     def compile_step(self, step: Callable, donate_state: bool = True) -> Callable:
         """Compile `step(state, batch, key) -> (state, metrics)`, written per device."""
@@ -81,7 +117,8 @@ class DataParallel:
         # replicated parameters with per-device activations in ways the checker rejects;
         # replication of the outputs is ensured by the pmean of gradients and metrics,
         # and tests compare against pmap and a single device.
-        mapped = jax.shard_map(step, mesh=self.mesh, in_specs=(P(), P(AXIS), P()), out_specs=P(), check_vma=False)
+        specs = self.state_spec
+        mapped = jax.shard_map(step, mesh=self.mesh, in_specs=(specs, self.batch_spec, P()), out_specs=specs, check_vma=False)
         return jax.jit(mapped, donate_argnums=donate)
 
     def compile_eval(self, fn: Callable) -> Callable:
@@ -98,7 +135,10 @@ class DataParallel:
             n = len(self.local_devices)
             stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), state)
             return jax.device_put(stacked, self._stacked())
-        return jax.device_put(state, NamedSharding(self.mesh, P()))
+        return jax.device_put(state, self.state_sharding())
+
+    def state_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, self.state_spec)
 
     def host_state(self, state: Any) -> Any:
         """The state as one logical copy (for checkpoints, sampling and comparisons)."""
@@ -112,7 +152,7 @@ class DataParallel:
             n = len(self.local_devices)
             split = jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n, *x.shape[1:])), local_batch)
             return jax.device_put(split, self._stacked())
-        sharding = NamedSharding(self.mesh, P(AXIS))
+        sharding = NamedSharding(self.mesh, self.batch_spec)
         return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
     def metrics(self, metrics: Any) -> Any:

@@ -19,31 +19,28 @@ resumed like any run. Then DIR holds:
 A finished run (its sweep_summary.json matching the config) is not rerun, so
 an interrupted sweep continues where it stopped.
 
---vmap stacks the runs that differ only in the seed or numeric
-hyperparameters (the trainer's `VMAPPABLE` keys: learning rates, beta,
-penalty weights, EMA decay, ...) along a leading axis of the TrainState and
-trains them with `jax.vmap` of the same train step inside one jit, on one data
-stream: one compilation and one input pipeline for the whole group, and
-batched kernels. `--vmap` alone stacks every vmappable axis of the sweep and
-loops over the others (e.g. a loss x seed ablation: one vmapped program per
-loss); `--vmap seed,opt.lr` names the axes and refuses any that cannot be
-stacked (a width or an architecture changes the program). The members'
-numbers equal those of running them one by one on the same data (tested on
-CPU to float tolerance). One difference from sequential runs: a run's seed
-normally also shuffles its data; stacked members share the data order of the
-config's own seed, so a vmapped seed sweep varies initialisation and noise
-only. Stacked groups write their member workdirs (config.json,
-metrics.jsonl, a final checkpoint and sample grid, sweep_summary.json) but
-are not resumable mid-way: an unfinished group is retrained from the start.
-
-Speed (benchmarks/vmap_seeds.py, 8 seeds of dcgan28 at batch 128 on a shared
-2-core CPU): XLA:CPU turns convolutions with per-member kernels into slow
-grouped convolutions, so the vmapped step runs at 0.28x the throughput of 8
-sequential steps with the default convolutions (then `gemm_vjp`); with
-`--config.model.conv_impl=matmul` (GEMM-only, the same function) it matches
-them (1.02x), and a whole 10-step sweep finishes 1.45x sooner because it
-compiles, loads data and evaluates once instead of 8 times. The larger gains
-of stacking are on accelerators, where one member does not fill the device.
+--vmap trains the runs that differ only in the seed or numeric
+hyperparameters (the trainer's `vmappable_keys`: learning rates, beta,
+penalty weights, EMA decay, ...) as members of one stack: one workdir
+DIR/stack[__<other axis values>] trained by the ordinary loop
+(`synthjax.train.train_stack`, synthjax/stack.py) with a leading member axis
+on the TrainState and `jax.vmap` of the same train step inside one jit. Runs
+that differ structurally (a width, an architecture, a loss) form separate
+stacks. `--vmap` alone stacks every vmappable axis; `--vmap seed,opt.lr`
+names the axes and refuses any that cannot be stacked. A stack has
+everything a single run has: its metrics.jsonl (rows carry `"member": i`,
+the index in its members.json), TensorBoard runs and sample grids per member
+(`tensorboard/<run name>`, `samples/<run name>/`), periodic evaluation, and
+checkpoints of the whole stack, so a killed sweep resumes where it stopped.
+Each member reads the data order of its own seed, as a run of its own would,
+and equals that run to float tolerance; `--config.sweep.shared_data_order=True`
+gives every member the first member's order (results.md says so). A member
+whose training goes non-finite is frozen and listed in the table's
+`diverged` column; `train.on_nonfinite='halt'` stops only when all have.
+On CPU a config may set `sweep.cpu_stack_overrides` for stacks (dcgan:
+GEMM-only convolutions, which stay GEMMs under vmap);
+`python -m synthjax.bench --members N` measures a stack against its members
+run one by one.
 """
 from __future__ import annotations
 
@@ -94,6 +91,7 @@ class Run:
     values: dict[str, Any]
     config: ml_collections.ConfigDict
     workdir: str
+    member: int | None = None  # index in its stack's workdir, None for a run of its own
 
 
 def _config_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -235,10 +233,8 @@ def check_runs(runs: list[Run]) -> dict[str, Any]:
 
 
 def vmappable_keys(trainer) -> tuple[str, ...]:
-    """The config keys a trainer lets --vmap stack ('' when it has no `train_step_with`)."""
-    if not hasattr(trainer, "train_step_with"):
-        return ()
-    return tuple(getattr(trainer, "VMAPPABLE", ()))
+    """The config keys a trainer lets --vmap stack (its declared `vmappable_keys`; empty when it offers none)."""
+    return tuple(trainer.vmappable_keys)
 
 
 def vmap_axes(axes: list[Axis], requested: str, trainers: dict[str, Any]) -> list[str]:
@@ -286,9 +282,16 @@ def _flat_config(config: ml_collections.ConfigDict) -> dict:
     return flatten(config_lib.to_dict(config))
 
 
+def summary_path(run: Run) -> str:
+    """Where the sweep keeps a run's final summary: in its workdir, or its stack's summaries/ folder."""
+    if run.member is None:
+        return os.path.join(run.workdir, SUMMARY)
+    return os.path.join(run.workdir, "summaries", f"{run.name}.json")
+
+
 def finished_summary(run: Run) -> dict | None:
     """The saved summary of a finished run of exactly this config, else None."""
-    path = os.path.join(run.workdir, SUMMARY)
+    path = summary_path(run)
     try:
         with open(path) as f:
             saved = json.load(f)
@@ -303,7 +306,8 @@ def save_summary(run: Run, summary: dict) -> None:
     from synthjax.train import write_atomic
 
     clean = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float, np.floating, np.integer))}
-    write_atomic(os.path.join(run.workdir, SUMMARY), json.dumps({"config": _flat_config(run.config), "summary": clean}, indent=1))
+    os.makedirs(os.path.dirname(summary_path(run)), exist_ok=True)
+    write_atomic(summary_path(run), json.dumps({"config": _flat_config(run.config), "summary": clean}, indent=1))
 
 
 def run_sequential(run: Run) -> dict:
@@ -313,167 +317,36 @@ def run_sequential(run: Run) -> dict:
     return train_and_evaluate(run.config, run.workdir)
 
 
-def _stack(trees: list) -> Any:
-    import jax
-    import jax.numpy as jnp
-
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def _member(tree: Any, i: int) -> Any:
-    import jax
-
-    return jax.tree.map(lambda x: x[i], tree)
+def stack_name(group: list[Run], stacked: list[str]) -> str:
+    """The workdir name of a stack: 'stack' and the values its members share on the other axes."""
+    shared = "__".join(f"{k}={_format(v)}" for k, v in group[0].values.items() if k not in stacked)
+    return f"stack__{shared}" if shared else "stack"
 
 
-def run_stacked(runs: list[Run], trainers: list, data_seed: int, log=print) -> list[dict]:
-    """Train `runs` (differing only in VMAPPABLE values) as one vmapped program; returns their summaries.
-
-    Mirrors synthjax.train's loop for each member: the same key derivation
-    from its seed (init, step, eval, grid keys), the same data pipeline
-    (seeded with `data_seed` for all members), per-member metrics.jsonl at
-    the log cadence and the same final evaluation; plus a final checkpoint and
-    sample grid per member.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from synthjax import images
-    from synthjax.checkpoint import Checkpointer
-    from synthjax.data import build_pipeline, get_source, prefetch_to_device
-    from synthjax.evaluate import periodic_evaluator
-    from synthjax.parallel import DataParallel
-    from synthjax.train import Diverged, MetricWindow, MetricWriter, guard_nonfinite, local_copy, prepare_workdir
-
-    base, trainer = runs[0].config, trainers[0]
-    t = base.train
-    dp = DataParallel(t.parallel)
-    source = get_source(base.data)
-    for run in runs:
-        prepare_workdir(run.workdir, run.config)
-        with open(os.path.join(run.workdir, "vmap_group.json"), "w") as f:
-            json.dump({"members": [r.name for r in runs], "data_seed": data_seed}, f, indent=1)
-    pipeline = build_pipeline(source, t.batch_size, data_seed, trainer.preprocess, base.data.num_threads, base.data.prefetch)
-    eval_source = get_source(base.data, base.data.eval_split)  # held out, as synthjax.train
-    eval_pipeline = build_pipeline(eval_source, t.batch_size, data_seed + 7919, trainer.preprocess, 0, 2)
-    member_keys = [jax.random.split(jax.random.key(run.config.seed), 4) for run in runs]
-    init_keys, step_keys, eval_keys, grid_keys = (jnp.stack([k[j] for k in member_keys]) for j in range(4))
-
-    init = jax.jit(trainer.create_state)  # one compilation; each member exactly as train.init_state makes it
-    carry = dp.put_state((_stack([init(k) for k in init_keys]), _stack([tr.hparams() for tr in trainers])))
-    step_fn = dp.compile_step(_stacked_step(trainer, t.on_nonfinite))
-    eval_fn = dp.compile_eval(lambda states, batch, keys: jax.vmap(trainer.eval_step, in_axes=(0, None, 0))(states, batch, keys))
-
-    n = len(runs)
-    windows = [MetricWindow() for _ in runs]
-    writers = [MetricWriter(run.workdir, jax.process_index() == 0, 0) for run in runs]  # 0: start the logs afresh
-    pending: list = []
-    scalars: list[dict] = [{} for _ in runs]
-    batches = prefetch_to_device(pipeline, dp.put_batch)
-    t0, data_state = time.perf_counter(), None
-    try:
-        for step in range(1, t.num_steps + 1):
-            batch, data_state = next(batches)
-            carry, metrics = step_fn(carry, batch, step_keys)
-            pending.append((step, metrics))
-            if step % t.log_every == 0 or step == t.num_steps:
-                _flush(pending, windows, dp)
-                pending = []
-                for i, (run, window) in enumerate(zip(runs, windows)):
-                    bad = window.first_nonfinite()
-                    if bad is not None and t.on_nonfinite == "halt":
-                        raise Diverged(f"vmapped run {run.name} diverged at step {bad[0]} (non-finite metrics {bad[1]}); "
-                                       "lower its learning rate or set train.on_nonfinite='skip'")
-                    scalars[i] = window.summary()
-                    window.clear()
-                    writers[i].write(step, scalars[i])
-                log(f"sweep: {n} vmapped runs at step {step}/{t.num_steps}")
-        elapsed = time.perf_counter() - t0
-
-        states = dp.host_state(carry[0])
-        final = _evaluate_stacked(eval_fn, states, eval_pipeline, dp, eval_keys, t.eval_batches, n)
-        sample = jax.jit(trainer.sample, static_argnums=2)
-        summaries = []
-        for i, run in enumerate(runs):
-            state_i = local_copy(_member(states, i))
-            final[i]["eval/split"] = run.config.data.eval_split
-            writers[i].write(t.num_steps, final[i])
-            extra = {}
-            evaluator = periodic_evaluator(run.config, trainers[i], log=log)
-            if evaluator is not None:
-                extra = evaluator(state_i)
-                writers[i].write(t.num_steps, extra)
-            os.makedirs(os.path.join(run.workdir, "samples"), exist_ok=True)
-            grid = os.path.join(run.workdir, "samples", f"step_{t.num_steps:07d}.png")
-            images.save_grid(grid, np.asarray(sample(state_i, grid_keys[i], t.num_grid)))
-            _save_final_checkpoint(run, _member(states, i), t.num_steps, data_state, trainer.family, Checkpointer)
-            summaries.append({**scalars[i], **final[i], **extra, "step": t.num_steps, "seconds": elapsed})
-        return summaries
-    finally:
-        for w in writers:
-            w.close()
+def as_stack(group: list[Run], stacked: list[str], workdir: str) -> list[Run]:
+    """The group's runs as members of one stack: one workdir (checkpoints, metrics.jsonl rows by member index)."""
+    directory = os.path.join(workdir, stack_name(group, stacked))
+    return [dataclasses.replace(run, workdir=directory, member=i) for i, run in enumerate(group)]
 
 
-def _stacked_step(trainer, policy: str):
-    """(states, hparams), batch, keys -> ((states, hparams), metrics): the member step vmapped over the leading axis."""
-    import jax
+def run_stack(group: list[Run]) -> list[dict]:
+    """Members of one stack through the training loop (synthjax.train.train_stack); resumes its checkpoints."""
+    from synthjax.train import train_stack
 
-    from synthjax.train import guard_nonfinite
-
-    def member(state, hp, batch, key):
-        return guard_nonfinite(functools.partial(trainer.train_step_with, hp), policy)(state, batch, key)
-
-    def step(carry, batch, keys):
-        states, hps = carry
-        new, metrics = jax.vmap(member, in_axes=(0, 0, None, 0))(states, hps, batch, keys)
-        return (new, hps), metrics
-
-    return step
-
-
-def _flush(pending: list, windows: list, dp) -> None:
-    """Fetch the stacked metrics of the pending steps (one host sync) into each member's window."""
-    import jax
-
-    fetched = jax.device_get([dp.metrics(m) for _, m in pending])
-    for (step, _), metrics in zip(pending, fetched):
-        for i, window in enumerate(windows):
-            window.host.append((step, {k: float(v[i]) for k, v in metrics.items()}))
-
-
-def _evaluate_stacked(eval_fn, states, pipeline, dp, eval_keys, num_batches: int, n: int) -> list[dict]:
-    """Per member: the trainer's eval metrics averaged over `num_batches` shared batches (as synthjax.train.evaluate)."""
-    import jax
-
-    results = []
-    for b in range(num_batches):
-        keys = jax.vmap(lambda k: jax.random.fold_in(k, b))(eval_keys)
-        results.append(eval_fn(states, dp.put_batch(next(pipeline)), keys))
-    host = jax.device_get([dp.metrics(m) for m in results])
-    return [{f"eval/{k}": float(np.mean([m[k][i] for m in host])) for k in sorted(host[0])} for i in range(n)]
-
-
-def _save_final_checkpoint(run: Run, state, step: int, data_state, family: str, checkpointer_cls) -> None:
-    """The member's final state, so `synthjax.sample` and `synthjax.evaluate` work on its workdir."""
-    ckpt = checkpointer_cls(run.workdir, keep=run.config.train.keep)
-    try:
-        if ckpt.latest_step() != step:  # a rerun of an unfinished group may find its own earlier save
-            ckpt.save(step, state, {"data": data_state, "step": step, "family": family, "window": []})
-    finally:
-        ckpt.close()
+    return train_stack([r.config for r in group], group[0].workdir, [r.name for r in group])
 
 
 # ----------------------------------------------------------------------------- results
 
 
-def read_curve(workdir: str, metric: str) -> list[tuple[int, float]]:
-    """(step, value) of `metric` from a run's metrics.jsonl."""
-    path = os.path.join(workdir, "metrics.jsonl")
+def read_curve(run: Run, metric: str) -> list[tuple[int, float]]:
+    """(step, value) of `metric` from a run's metrics.jsonl (its own rows of its stack's file)."""
+    path = os.path.join(run.workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    return [(r["step"], r[metric]) for r in rows if metric in r]
+    return [(r["step"], r[metric]) for r in rows if metric in r and r.get("member") == run.member]
 
 
 def variant_of(run: Run) -> tuple:
@@ -493,26 +366,42 @@ def write_csv(path: str, runs: list[Run], summaries: list[dict]) -> list[str]:
 
 
 def mean_std(values: list[float]) -> str:
-    """'m ± s' (sample std over seeds), or just 'm' for one value."""
+    """'m ± s [lo, hi]': sample std over seeds and the 95% confidence interval of the mean (Student's t,
+    n - 1 degrees of freedom); just 'm' for one value."""
     if len(values) == 1:
         return f"{values[0]:.4g}"
-    return f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.2g}"
+    from scipy import stats
+
+    mean, std = float(np.mean(values)), float(np.std(values, ddof=1))
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * std / np.sqrt(len(values))
+    return f"{mean:.4g} ± {std:.2g} [{mean - half:.4g}, {mean + half:.4g}]"
+
+
+def diverged_cell(runs: list[Run], rows: list[dict]) -> str:
+    """The runs of a variant whose training went non-finite (frozen members of a stack), with the step."""
+    bad = [f"{r.values.get(SEED, r.name)}@{int(s['diverged_at'])}" for r, s in zip(runs, rows) if s.get("diverged_at", 0) > 0]
+    return ", ".join(f"seed {b}" for b in bad) if bad else "-"
 
 
 def markdown_table(runs: list[Run], summaries: list[dict], metric: str) -> str:
     """One row per variant: its non-seed axis values, the number of seeds and mean ± std of the metrics."""
     columns = [metric] + sorted({k for s in summaries for k in s if k.startswith("eval/") and k not in (metric, SPLIT_KEY)})
-    variants: dict[tuple, list[dict]] = {}
+    variants: dict[tuple, list[tuple[Run, dict]]] = {}
     for run, summary in zip(runs, summaries):
-        variants.setdefault(variant_of(run), []).append(summary)
+        variants.setdefault(variant_of(run), []).append((run, summary))
     axes = [k for k in runs[0].values if k != SEED]
-    lines = ["| " + " | ".join([*axes, "n", *columns]) + " |", "|" + "---|" * (len(axes) + 1 + len(columns))]
-    for variant, rows in variants.items():
-        cells = [str(v) for _, v in variant]
-        for c in columns:
-            vals = [r[c] for r in rows if c in r]
+    show_diverged = any(s.get("diverged_at", 0) > 0 for s in summaries)
+    extra = ["diverged"] if show_diverged else []
+    lines = ["| " + " | ".join([*axes, "n", *columns, *extra]) + " |", "|" + "---|" * (len(axes) + 1 + len(columns) + len(extra))]
+    for variant, pairs in variants.items():
+        rows = [s for _, s in pairs]
+        cells = [str(v) for _, v in variant] + [str(len(rows))]
+        for c in columns:  # a diverged member's final numbers are those of its frozen state: left out of the means
+            vals = [r[c] for r in rows if c in r and r.get("diverged_at", 0) == 0]
             cells.append(mean_std(vals) if vals else "")
-        lines.append("| " + " | ".join([*cells[: len(axes)], str(len(rows)), *cells[len(axes) :]]) + " |")
+        if show_diverged:
+            cells.append(diverged_cell([r for r, _ in pairs], rows))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -528,7 +417,7 @@ def plot_metric(path: str, runs: list[Run], metric: str) -> None:
         variants.setdefault(variant_of(run), []).append(run)
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant, members in variants.items():
-        curves = [dict(read_curve(r.workdir, metric)) for r in members]
+        curves = [dict(read_curve(r, metric)) for r in members]
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
         if not steps:
             continue
@@ -563,9 +452,17 @@ class SweepResult:
 
 def default_metric(trainers: dict, summaries: list[dict]) -> str:
     """The trainer's `sweep_metric` when it logged one, else the first logged training metric."""
-    preferred = getattr(next(iter(trainers.values())), "sweep_metric", "")
+    preferred = next(iter(trainers.values())).sweep_metric
     keys = sorted(k for k in summaries[0] if k not in ("step", "seconds", "skipped") and not k.startswith("eval/"))
     return preferred if preferred in summaries[0] else (keys[0] if keys else "step")
+
+
+def results_note(runs: list[Run]) -> str:
+    """What the numbers are: final values over seeds, and whether stacked members shared one data order."""
+    note = f"{len(runs)} runs; final values, mean ± std over seeds [95% confidence interval of the mean]"
+    if any(r.member is not None for r in runs) and runs[0].config.sweep.shared_data_order:
+        note += "; stacked members shared one data order (sweep.shared_data_order=True): seeds vary initialisation and noise only"
+    return note
 
 
 def write_results(workdir: str, runs: list[Run], summaries: list[dict], metric: str) -> SweepResult:
@@ -577,7 +474,7 @@ def write_results(workdir: str, runs: list[Run], summaries: list[dict], metric: 
     table_path = os.path.join(workdir, "results.md")
     with open(table_path, "w") as f:
         splits = ", ".join(sorted({str(s[SPLIT_KEY]) for s in summaries if SPLIT_KEY in s})) or "none"
-        f.write(f"# Sweep results ({len(runs)} runs; final values, mean ± std over seeds; eval/ columns measured on split: {splits})\n\n{table}")
+        f.write(f"# Sweep results ({results_note(runs)}; eval/ columns measured on split: {splits})\n\n{table}")
     plot_path = os.path.join(workdir, re.sub(r"[^A-Za-z0-9._-]", "_", metric) + ".png")
     plot_metric(plot_path, runs, metric)
     return SweepResult(runs, summaries, metric, csv_path, table_path, plot_path, table)
@@ -623,6 +520,9 @@ def run_sweep(
     requested = "auto" if vmap is True else (vmap or "")
     stacked = vmap_axes(axes, requested, trainers) if requested else []
     groups = group_runs(runs, stacked) if stacked else [[r] for r in runs]
+    groups = [as_stack(g, stacked, workdir) if len(g) > 1 else g for g in groups]
+    by_name = {r.name: r for g in groups for r in g}
+    runs = [by_name[r.name] for r in runs]  # grid order, with each member's stack workdir
     os.makedirs(workdir, exist_ok=True)
     log(f"sweep: {len(runs)} runs in {len(groups)} program(s)" + (f", vmapping {', '.join(stacked)}" if stacked else ""))
 
@@ -633,31 +533,17 @@ def run_sweep(
             summaries.update(done)
             log(f"sweep: {', '.join(done)} already finished")
             continue
-        if len(group) == 1 and not stacked:
+        if len(group) == 1:
             log(f"sweep: training {group[0].name}")
             results = [run_sequential(group[0])]
         else:
-            log(f"sweep: training {len(group)} runs as one vmapped program: {', '.join(r.name for r in group)}")
-            results = run_stacked(group, [trainers[r.name] for r in group], config.seed, log)
+            log(f"sweep: training {len(group)} runs as one stack in {group[0].workdir}: {', '.join(r.name for r in group)}")
+            results = run_stack(group)
         for run, summary in zip(group, results):
             save_summary(run, summary)
             summaries[run.name] = finished_summary(run) or summary
     ordered = [summaries[r.name] for r in runs]
     return write_results(workdir, runs, ordered, metric or default_metric(trainers, ordered))
-
-
-def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Take `--config.KEY=VALUE` out of argv (as train.py does)."""
-    rest, overrides = [], []
-    for arg in argv:
-        if arg.startswith("--config."):
-            key, eq, value = arg[len("--config.") :].partition("=")
-            if not eq:
-                raise UserError(f"{arg} needs a value, e.g. {arg}=VALUE")
-            overrides.append(f"{key}={value}")
-        else:
-            rest.append(arg)
-    return rest, overrides
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -671,7 +557,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vmap", nargs="?", const="auto", default="", metavar="AXES",
                         help="stack vmappable axes in one program; optionally name them (comma-separated)")
     try:
-        rest, overrides = _split_overrides(list(sys.argv[1:] if argv is None else argv))
+        rest, overrides = config_lib.split_overrides(sys.argv[1:] if argv is None else argv)
         args = parser.parse_args(rest)
         from absl import logging
 

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
+from jax.sharding import SingleDeviceSharding
 
 from synthjax import config as config_lib
 from synthjax import images
@@ -42,9 +42,9 @@ from synthjax.data import build_pipeline, get_source, prefetch_to_device
 from synthjax.errors import UserError
 from synthjax.evaluate import periodic_evaluator
 from synthjax.models import formulations
-from synthjax.parallel import DataParallel
+from synthjax.parallel import DataParallel, make_mesh
+from synthjax.stack import NONFINITE, Stack, guard_nonfinite, stack_configs  # noqa: F401  (guard_nonfinite: re-exported for bench)
 from synthjax.trainers import build_trainer
-from synthjax.trainers.base import all_finite
 
 # Keys whose change makes an existing checkpoint meaningless for this config.
 # Config keys a checkpoint depends on (the model, or the shape and kind of its inputs): a change refuses the workdir.
@@ -52,58 +52,21 @@ STRUCTURAL_PREFIXES = ("model.", "data.name", "data.image_size", "data.path", "d
                        "data.frame_size", "objective.likelihood")
 MIN_FREE_BYTES = 200 * 2**20
 BARRIER_TIMEOUT_S = 3600  # how long processes wait for each other to compile (big models, slow hosts)
-NONFINITE = "nonfinite"  # per-step flag added by guard_nonfinite; becomes the `skipped` count in the logs
 
 
 class Diverged(UserError):
     """Training produced a non-finite loss or gradient and the policy is 'halt'."""
 
 
-def guard_nonfinite(step: Callable, policy: str) -> Callable:
-    """Wrap a train step to flag non-finite metrics on device; with 'skip', drop such updates in the step.
-
-    The trainers' metrics hold their losses and gradient norms, so one
-    reduction over a handful of scalars covers both (a NaN anywhere in the
-    gradients makes the global norm NaN). The flag travels with the metrics,
-    so detection costs no host sync; the loop reads it at logging and
-    checkpoint cadence. A skipped step still advances `state.step`, so the
-    next step draws fresh noise instead of repeating the same blow-up.
-    """
-
-    def guarded(state, batch, key):
-        new_state, metrics = step(state, batch, key)
-        ok = all_finite(metrics)
-        if policy == "skip":
-            new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
-            new_state = new_state.replace(step=state.step + 1)
-        return new_state, {**metrics, NONFINITE: 1.0 - ok.astype(jnp.float32)}
-
-    return guarded
-
-
 class MetricWindow:
-    """The per-step metrics since the last log line.
+    """One member's per-step metrics since its last log line, on the host.
 
-    Device arrays are appended every step and brought to the host in one
-    transfer at logging or checkpoint cadence. The host values are saved in
-    checkpoints, so a resumed run averages exactly the same numbers into its
-    next log line as an uninterrupted one.
+    The values are saved in checkpoints, so a resumed run averages exactly
+    the same numbers into its next log line as an uninterrupted one.
     """
 
     def __init__(self, host: list | None = None):
-        self.device: list[tuple[int, Any]] = []
         self.host: list[tuple[int, dict[str, float]]] = [(s, m) for s, m in (host or [])]
-
-    def add(self, step: int, metrics: Any) -> None:
-        self.device.append((step, metrics))
-
-    def sync(self, dp: DataParallel) -> None:
-        """Fetch the pending device metrics (one host sync)."""
-        if not self.device:
-            return
-        fetched = jax.device_get([dp.metrics(m) for _, m in self.device])
-        self.host += [(s, {k: float(v) for k, v in m.items()}) for (s, _), m in zip(self.device, fetched)]
-        self.device = []
 
     def first_nonfinite(self) -> tuple[int, dict[str, float]] | None:
         """(step, metrics) of the first step flagged non-finite, if any."""
@@ -125,10 +88,75 @@ class MetricWindow:
         return [[s, m if m.get(NONFINITE, 0.0) == 0 else {NONFINITE: 1.0}] for s, m in self.host]
 
 
-class MetricWriter:
-    """metrics.jsonl (deterministic), timing.jsonl (wall clock) and TensorBoard files; only process 0 writes."""
+class StackWindows:
+    """Every member's MetricWindow, filled from the stacked device metrics in one transfer at logging cadence."""
 
-    def __init__(self, workdir: str, enabled: bool, start_step: int):
+    def __init__(self, stack: Stack, saved: list | None):
+        self.stack = stack
+        # A single run's checkpoint holds one window; a stack's, one per member.
+        saved = [saved] if stack.size == 1 else (saved or [None] * stack.size)
+        self.members = [MetricWindow(h) for h in saved]
+        self.device: list[tuple[int, Any]] = []
+
+    def add(self, step: int, metrics: Any) -> None:
+        self.device.append((step, metrics))
+
+    def sync(self, dp: DataParallel) -> None:
+        """Fetch the pending device metrics (one host sync) into the members' windows."""
+        if not self.device:
+            return
+        fetched = jax.device_get([dp.metrics(m) for _, m in self.device])
+        for (step, _), metrics in zip(self.device, fetched):
+            for i, window in enumerate(self.members):
+                window.host.append((step, self.stack.member_metrics(metrics, i)))
+        self.device = []
+
+    def to_meta(self) -> list:
+        metas = [w.to_meta() for w in self.members]
+        return metas[0] if self.stack.size == 1 else metas
+
+
+class StackData:
+    """A stack's batches: one pipeline per member, each shuffled by its own seed, stacked on a leading axis;
+    a single pipeline (plain batches) for one member or when the members share one data order."""
+
+    def __init__(self, pipelines: list, stacked: bool):
+        self.pipelines, self.stacked = pipelines, stacked
+
+    def __iter__(self) -> "StackData":
+        return self
+
+    def __next__(self) -> dict:
+        batches = [next(p) for p in self.pipelines]
+        return jax.tree.map(lambda *xs: np.stack(xs), *batches) if self.stacked else batches[0]
+
+    def get_state(self) -> Any:
+        states = [p.get_state() for p in self.pipelines]
+        return states if self.stacked else states[0]
+
+    def set_state(self, state: Any) -> None:
+        for p, s in zip(self.pipelines, state if self.stacked else [state]):
+            p.set_state(s)
+
+
+def stack_data(source, configs: list, stack: Stack, seed_offset: int, threads: int, prefetch: int) -> StackData:
+    """Training (seed_offset 0) or evaluation batches of the stack, each member's order from its own seed."""
+    seeds = [c.seed for c in configs] if stack.per_member_batches else [configs[0].seed]
+    batch = configs[0].train.batch_size
+    pipelines = [build_pipeline(source, batch, s + seed_offset, stack.preprocess, threads, prefetch) for s in seeds]
+    return StackData(pipelines, stack.per_member_batches)
+
+
+class MetricWriter:
+    """metrics.jsonl (deterministic), timing.jsonl (wall clock) and TensorBoard files; only process 0 writes.
+
+    A stack of several members writes one metrics.jsonl whose rows carry the
+    member's index (`"member": i`, in the order of `members.json`), and one
+    TensorBoard run per member (`tensorboard/<member name>`); a single run's
+    rows have no `member` field.
+    """
+
+    def __init__(self, workdir: str, enabled: bool, start_step: int, members: list[str] | None = None):
         self.enabled = enabled
         if not enabled:
             return
@@ -139,32 +167,43 @@ class MetricWriter:
         truncate_jsonl(path, start_step)
         self.jsonl = open(path, "a")
         self.timing = open(os.path.join(workdir, "timing.jsonl"), "a")
-        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        tb = os.path.join(workdir, "tensorboard")
+        self.stacked = members is not None
+        self.tb = [SummaryWriter(os.path.join(tb, name)) for name in members] if self.stacked else [SummaryWriter(tb)]
 
-    def write(self, step: int, scalars: dict[str, float]) -> None:
+    def write(self, step: int, scalars: dict[str, float], member: int = 0) -> None:
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        index = {"member": member} if self.stacked else {}
+        self.jsonl.write(json.dumps({"step": step, **index, **scalars}) + "\n")
         self.jsonl.flush()
-        self._tensorboard(step, scalars)
+        self._tensorboard(self.tb[member], step, scalars)
 
     def write_timing(self, step: int, timing: dict[str, float]) -> None:
         if not self.enabled:
             return
         self.timing.write(json.dumps({"step": step, **timing}) + "\n")
         self.timing.flush()
-        self._tensorboard(step, timing)
+        self._tensorboard(self.tb[0], step, timing)
 
-    def _tensorboard(self, step: int, scalars: dict[str, float]) -> None:
+    def write_image(self, step: int, name: str, grid_hwc: np.ndarray, member: int = 0) -> None:
+        """A sample grid as a TensorBoard image (values in [0, 1] or uint8, HWC)."""
+        if self.enabled:
+            self.tb[member].add_image(name, grid_hwc, step, dataformats="HWC")
+            self.tb[member].flush()
+
+    @staticmethod
+    def _tensorboard(tb, step: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():
             if not isinstance(value, str):  # e.g. eval/split: in metrics.jsonl, not a TensorBoard scalar
-                self.tb.add_scalar(name, value, step)
+                tb.add_scalar(name, value, step)
 
     def close(self) -> None:
         if self.enabled:
             self.jsonl.close()
             self.timing.close()
-            self.tb.close()
+            for tb in self.tb:
+                tb.close()
 
 
 def import_summary_writer():
@@ -238,7 +277,11 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     new = flatten(config_lib.to_dict(config))
     if os.path.exists(path):
         old = flatten(_read_json(path))
-        changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        # A field the code no longer has (deleted because nothing read it) cannot have shaped the saved run.
+        retired = sorted(set(old) - set(new))
+        if retired and jax.process_index() == 0:
+            print(f"synthjax: ignoring settings of {workdir}/config.json that are no longer config fields: {', '.join(retired)}")
+        changed = [k for k in sorted(new) if old.get(k) != new.get(k)]
         structural = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed if k.startswith(STRUCTURAL_PREFIXES)]
         if structural:
             raise UserError(
@@ -271,12 +314,8 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def check_inputs(trainer, source) -> None:
-    """Requirements a trainer states as attributes, checked before anything is compiled.
-
-    `requires_labels = True` on a trainer class (e.g. a class-conditional
-    model) demands a labelled dataset.
-    """
-    if getattr(trainer, "requires_labels", False) and not source.has_labels:
+    """Requirements a trainer declares (`Trainer.requires_labels`), checked before anything is compiled."""
+    if trainer.requires_labels and not source.has_labels:
         raise UserError(
             f"model.family={trainer.family!r} is conditional and needs class labels, but dataset {source.name!r} has none; "
             "use a labelled dataset (an .npz with a 'labels' array, or a folder with one sub-folder per class)"
@@ -293,24 +332,25 @@ def run_description(config: ml_collections.ConfigDict, trainer) -> str:
 
 
 def state_sharding(dp: DataParallel) -> jax.sharding.Sharding:
-    """Where one logical copy of the state lives: replicated over the mesh (shard_map) or on the first local device (pmap)."""
+    """Where one logical copy of the state lives: on the mesh (shard_map; a stack's members split over its
+    `members` axis, if any) or on the first local device (pmap)."""
     if dp.mode == "pmap":
         return SingleDeviceSharding(dp.local_devices[0])
-    return NamedSharding(dp.mesh, P())
+    return dp.state_sharding()
 
 
-def init_state(trainer, key: jax.Array, dp: DataParallel) -> Any:
+def init_state(stack: Stack, keys: jax.Array, dp: DataParallel) -> Any:
     """A fresh state, initialised in one compiled program (not op by op) and placed for `dp`.
 
     Under shard_map every process runs the same program, so multi-host runs
     get one global replicated array per leaf without any host transfer.
     """
-    return jax.jit(trainer.create_state, out_shardings=state_sharding(dp))(key)
+    return jax.jit(stack.create_state, out_shardings=state_sharding(dp))(keys)
 
 
-def abstract_state(trainer, key: jax.Array, dp: DataParallel) -> Any:
+def abstract_state(stack: Stack, keys: jax.Array, dp: DataParallel) -> Any:
     """Shapes, dtypes and shardings of the state, for restoring a checkpoint without initialising."""
-    shapes = jax.eval_shape(trainer.create_state, key)
+    shapes = jax.eval_shape(stack.create_state, keys)
     sharding = state_sharding(dp)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
@@ -346,11 +386,17 @@ def barrier(name: str) -> None:
         multihost.get_barrier_sync_fn()(key=name, timeout_ms=BARRIER_TIMEOUT_S * 1000)
 
 
-def evaluate(eval_fn, state, pipeline, dp: DataParallel, key: jax.Array, num_batches: int) -> dict[str, float]:
-    """Average the trainer's eval metrics over `num_batches` batches."""
-    results = [eval_fn(state, dp.put_batch(next(pipeline)), jax.random.fold_in(key, i)) for i in range(num_batches)]
+def evaluate(eval_fn, state, pipeline, dp: DataParallel, keys: jax.Array, num_batches: int, stack: Stack) -> list[dict[str, float]]:
+    """Per member: the trainer's eval metrics averaged over `num_batches` batches."""
+    results = [eval_fn(state, dp.put_batch(next(pipeline)), fold_in(keys, i)) for i in range(num_batches)]
     host = jax.device_get([dp.metrics(m) for m in results])
-    return {f"eval/{k}": float(np.mean([m[k] for m in host])) for k in sorted(host[0])}
+    per_member = [[stack.member_metrics(m, i) for m in host] for i in range(stack.size)]
+    return [{f"eval/{k}": float(np.mean([m[k] for m in rows])) for k in sorted(rows[0])} for rows in per_member]
+
+
+def fold_in(keys: jax.Array, data: int) -> jax.Array:
+    """`jax.random.fold_in` of one key, or of each member's key of a stack."""
+    return jax.random.fold_in(keys, data) if keys.ndim == 0 else jax.vmap(lambda k: jax.random.fold_in(k, data))(keys)
 
 
 def divergence_message(policy_step: int, bad: tuple[int, dict[str, float]], last_good: int | None, directory: str) -> str:
@@ -373,138 +419,305 @@ def divergence_message(policy_step: int, bad: tuple[int, dict[str, float]], last
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train `config` in `workdir`, resuming from its latest checkpoint; returns the final metrics."""
-    dp = DataParallel(config.train.parallel)
-    config_lib.validate(config, dp.num_devices)
-    if dp.mode == "pmap" and jax.process_count() > 1:
+    return train_stack([config], workdir)[0]
+
+
+def train_stack(configs: list[ml_collections.ConfigDict], workdir: str, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Train the members `configs` (alike but for seeds and `vmappable_keys` values) as one program in `workdir`.
+
+    One config is an ordinary run. Resumes from the latest checkpoint of the
+    whole stack; returns each member's final metrics (for several members
+    with `diverged_at`, the step its training went non-finite, 0: never).
+    """
+    configs = stack_configs(configs, jax.default_backend())
+    config = configs[0]
+    dp = make_parallel(config, len(configs))
+    for c in configs:
+        config_lib.validate(c, dp.data_shards)
+    source = get_source(config.data)
+    stack = Stack([build_trainer(c, source.image_shape, source.num_classes) for c in configs],
+                  config.train.on_nonfinite, config.sweep.shared_data_order)
+    check_inputs(stack.trainer, source)
+    prepare_workdir(workdir, config)
+    names = prepare_members(workdir, configs, names)
+    if jax.process_index() == 0:
+        print(f"synthjax: {run_description(config, stack.trainer)}")
+    run = StackRun(configs, workdir, names, dp, stack, source)
+    try:
+        return run.train()
+    finally:
+        run.close()
+
+
+def make_parallel(config: ml_collections.ConfigDict, members: int) -> DataParallel:
+    """The DataParallel of a stack of `members`: its member axis split over `sweep.member_shards` devices."""
+    mode, shards = config.train.parallel, config.sweep.member_shards if members > 1 else 1
+    if mode == "pmap" and jax.process_count() > 1:
         raise UserError(
             "train.parallel='pmap' runs on one process only (its per-device state copies cannot be checkpointed "
             "by several hosts); use the default train.parallel='shard_map' for multi-host runs"
         )
-    source = get_source(config.data)
-    trainer = build_trainer(config, source.image_shape, source.num_classes)
-    check_inputs(trainer, source)
-    prepare_workdir(workdir, config)
+    if members > 1 and mode == "pmap":
+        raise UserError(f"a stack of {members} members runs under train.parallel='shard_map' only; drop train.parallel='pmap'")
+    if not isinstance(shards, int) or shards < 1 or members % shards or jax.device_count() % shards:
+        raise UserError(
+            f"sweep.member_shards={shards!r} must divide both the {members} members and the {jax.device_count()} devices; "
+            "use 1 (members on every device) or a common divisor"
+        )
+    shared = config.sweep.shared_data_order
+    return DataParallel(mode, make_mesh(member_shards=shards), stacked_state=members > 1, stacked_batch=members > 1 and not shared)
+
+
+def prepare_members(workdir: str, configs: list, names: list[str] | None) -> list[str] | None:
+    """A stack's member names (None for a single run), written to members.json; a workdir of other members is refused."""
+    if len(configs) == 1:
+        return None
+    names = list(names or [f"seed={c.seed}" for c in configs])
+    if len(set(names)) != len(names):
+        raise UserError(f"stack members need distinct names, got {names}")
+    path = os.path.join(workdir, "members.json")
+    members = [{"name": n, "config": flatten(config_lib.to_dict(c))} for n, c in zip(names, configs)]
+    if os.path.exists(path) and [m["name"] for m in _read_json(path)["members"]] != names:
+        raise UserError(f"workdir {workdir!r} holds a stack of other members ({path}); use a new --workdir")
     if jax.process_index() == 0:
-        print(f"synthjax: {run_description(config, trainer)}")
-    t = config.train
-
-    pipeline = build_pipeline(source, t.batch_size, config.seed, trainer.preprocess, config.data.num_threads, config.data.prefetch)
-    # Held out: eval_step batches come from data.eval_split ('test'), never from the training images.
-    eval_pipeline = build_pipeline(get_source(config.data, config.data.eval_split), t.batch_size, config.seed + 7919,
-                                   trainer.preprocess, 0, 2)
-    init_key, step_key, eval_key, grid_key = jax.random.split(jax.random.key(config.seed), 4)
-
-    checkpointer = Checkpointer(workdir, keep=t.keep)
-    restored = checkpointer.restore(abstract_state(trainer, init_key, dp))
-    start, window = 0, MetricWindow()
-    if restored is None:
-        print(f"synthjax: starting {workdir} at step 0")
-        state = init_state(trainer, init_key, dp)
-    else:
-        state, meta, start = restored
-        if meta.get("family", trainer.family) != trainer.family:
-            raise UserError(f"the checkpoint in {checkpointer.directory} is a {meta['family']!r} model, not {trainer.family!r}; use a new --workdir")
-        pipeline.set_state(meta["data"])
-        window = MetricWindow(meta.get("window"))
-        print(f"synthjax: resuming {workdir} from step {start}")
-    state = dp.put_state(state)
-    writer = MetricWriter(workdir, jax.process_index() == 0, start)
-    try:
-        return _loop(config, workdir, dp, trainer, pipeline, eval_pipeline, checkpointer, writer, state, window, start,
-                     step_key, eval_key, grid_key)
-    finally:
-        checkpointer.close()  # waits for an async save in flight, so the last checkpoint is complete
-        writer.close()
+        write_atomic(path, json.dumps({"members": members}, indent=1, sort_keys=True))
+    return names
 
 
-def _loop(config, workdir, dp, trainer, pipeline, eval_pipeline, checkpointer, writer, state, window, start,
-          step_key, eval_key, grid_key) -> dict[str, Any]:
-    """Steps `start+1 .. num_steps` with logging, evaluation, grids and checkpoints at their cadences."""
-    t = config.train
-    is_main = jax.process_index() == 0
-    step_fn = dp.compile_step(guard_nonfinite(trainer.train_step, t.on_nonfinite))
-    eval_fn = dp.compile_eval(trainer.eval_step)
-    sample_fn = jax.jit(trainer.sample, static_argnums=2)
-    eval_start = eval_pipeline.get_state()  # every evaluation reads the same batches: comparable, and exact on resume
-    # FID/KID/IS/PR/NLL at eval.every steps; None when off. Built before step 1 so a bad eval config fails fast.
-    sample_eval = periodic_evaluator(config, trainer, log=print if is_main else lambda _: None)
-    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+HIGHER_IS_BETTER = ("is", "precision", "recall")
+BEST_DIR = "checkpoints.best"
 
-    def run_eval() -> dict[str, float]:
-        eval_pipeline.set_state(eval_start)
-        return evaluate(eval_fn, state, eval_pipeline, dp, eval_key, t.eval_batches)
 
-    def save_grid(step: int) -> str:
-        path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
-        if is_main:  # the same grid noise every time, so progress is visible
-            images.save_grid(path, np.asarray(sample_fn(local_copy(dp.host_state(state)), grid_key, t.num_grid)))
-        return path
+class BestCheckpoint:
+    """`train.keep_best=METRIC`: the checkpoint with the best value of eval/METRIC so far, in checkpoints.best/.
 
-    last_good = checkpointer.latest_step()
+    The best value is read back from that checkpoint's metadata, so it survives
+    a resume. Only evaluations of a single run count (a stack's members would
+    each need their own best state).
+    """
 
-    def check_finite(step: int) -> None:
-        window.sync(dp)
-        bad = window.first_nonfinite()
-        if bad is not None and t.on_nonfinite == "halt":
-            raise Diverged(divergence_message(step, bad, last_good, checkpointer.directory))
+    def __init__(self, workdir: str, metric: str, members: int):
+        self.metric = metric if metric.startswith("eval/") else f"eval/{metric}"
+        if members > 1:
+            raise UserError(f"train.keep_best={metric!r} keeps one run's best checkpoint; a stack of {members} members "
+                            "cannot (set train.keep_best='' for stacks, or run the members one by one)")
+        self.sign = -1.0 if self.metric.removeprefix("eval/") in HIGHER_IS_BETTER else 1.0
+        self.checkpointer = Checkpointer(workdir, keep=1, name=BEST_DIR)
+        last = self.checkpointer.latest_step()
+        self.value = self.checkpointer.read_meta(last)["best"]["value"] if last is not None else None
 
-    batches = prefetch_to_device(pipeline, dp.put_batch)
-    if start < t.num_steps:
+    def offer(self, step: int, values: dict[str, float], state: Any, meta: dict) -> None:
+        """Save `state` as the best when `values` hold the metric and it beats the best so far."""
+        value = values.get(self.metric)
+        if value is None or not np.isfinite(value):
+            return
+        if self.value is None or self.sign * value < self.sign * self.value:
+            self.value = value
+            self.checkpointer.save(step, state, {**meta, "best": {"metric": self.metric, "value": value, "step": step}})
+
+    def close(self) -> None:
+        self.checkpointer.close()
+
+
+class StackRun:
+    """One training run of a stack: its state, data, writers and the cadences of the loop.
+
+    Talks to the model only through the Stack's trainer interface
+    (create_state, train_step, eval_step, sample).
+    """
+
+    def __init__(self, configs, workdir, names, dp, stack, source):
+        self.configs, self.workdir, self.names, self.dp, self.stack = configs, workdir, names, dp, stack
+        self.t = t = configs[0].train
+        self.is_main = jax.process_index() == 0
+        d = configs[0].data
+        self.pipeline = stack_data(source, configs, stack, 0, d.num_threads, d.prefetch)
+        # Held out: eval_step batches come from data.eval_split ('test'), never from the training images.
+        self.eval_pipeline = stack_data(get_source(d, d.eval_split), configs, stack, 7919, 0, 2)
+        init_keys, self.step_keys, self.eval_keys, self.grid_keys = stack.keys([c.seed for c in configs])
+        self.checkpointer = Checkpointer(workdir, keep=t.keep)
+        self._restore(init_keys)
+        self.writer = MetricWriter(workdir, self.is_main, self.start, names)
+        self.step_fn = dp.compile_step(stack.train_step)
+        self.eval_fn = dp.compile_eval(stack.eval_step)
+        self.sample_fn = jax.jit(stack.sample, static_argnums=2)
+        self.eval_start = self.eval_pipeline.get_state()  # every evaluation reads the same batches: comparable, exact on resume
+        # FID/KID/IS/PR/NLL at eval.every steps; None when off. Built before step 1 so a bad eval config fails fast.
+        log = print if self.is_main else lambda _: None
+        self.sample_evals = [periodic_evaluator(c, tr, log=log) for c, tr in zip(configs, stack.trainers)]
+        self.best = BestCheckpoint(workdir, t.keep_best, stack.size) if t.keep_best else None
+        self.last_good = self.checkpointer.latest_step()
+        self.reported: set[int] = set(stack.diverged(self.state))
+
+    def _restore(self, init_keys) -> None:
+        restored = self.checkpointer.restore(abstract_state(self.stack, init_keys, self.dp))
+        self.start, saved = 0, None
+        if restored is None:
+            print(f"synthjax: starting {self.workdir} at step 0")
+            state = init_state(self.stack, init_keys, self.dp)
+        else:
+            state, meta, self.start = restored
+            if meta.get("family", self.stack.family) != self.stack.family:
+                raise UserError(f"the checkpoint in {self.checkpointer.directory} is a {meta['family']!r} model, "
+                                f"not {self.stack.family!r}; use a new --workdir")
+            self.pipeline.set_state(meta["data"])
+            saved = meta.get("window")
+            print(f"synthjax: resuming {self.workdir} from step {self.start}")
+        self.state = self.dp.put_state(state)
+        self.windows = StackWindows(self.stack, saved)
+
+    def close(self) -> None:
+        self.checkpointer.close()  # waits for an async save in flight, so the last checkpoint is complete
+        if getattr(self, "best", None) is not None:
+            self.best.close()
+        if hasattr(self, "writer"):
+            self.writer.close()
+
+    def member_state(self, i: int) -> Any:
+        """Member i's TrainState as this process's local copy (for sampling and host-side evaluation)."""
+        return local_copy(self.stack.member(self.dp.host_state(self.state), i))
+
+    # ---- the loop
+
+    def train(self) -> list[dict[str, Any]]:
+        """Steps `start+1 .. num_steps` with logging, evaluation, grids and checkpoints at their cadences."""
+        t = self.t
+        os.makedirs(os.path.join(self.workdir, "samples"), exist_ok=True)
+        batches = self._warm_batches()
+        self.scalars = [{} for _ in range(self.stack.size)]
+        progress = ProgressBar(self.start, t.num_steps, t.progress and self.is_main)
+        self.t0 = self.t_log = time.perf_counter()
+        step = self.step_log = self.start
+        for step in range(self.start + 1, t.num_steps + 1):
+            batch, data_state = next(batches)
+            self.state, metrics = self.step_fn(self.state, batch, self.step_keys)
+            self.windows.add(step, metrics)
+            self._at_cadences(step, data_state, progress)
+        progress.close()
+        return self._finish(step, time.perf_counter() - self.t0)
+
+    def _warm_batches(self):
+        batches = prefetch_to_device(self.pipeline, self.dp.put_batch)
+        if self.start >= self.t.num_steps:
+            return batches
         first = next(batches)
-        warm_up(dp, [(step_fn, (state, first[0], step_key)), (eval_fn, (state, first[0], eval_key))],
-                lambda: sample_fn.lower(local_copy(dp.host_state(state)), grid_key, t.num_grid).compile(), is_main)
-        batches = itertools.chain([first], batches)
-    scalars: dict[str, float] = {}
-    progress = ProgressBar(start, t.num_steps, t.progress and is_main)
-    t0, step = time.perf_counter(), start
-    t_log, step_log = t0, start
-    for step in range(start + 1, t.num_steps + 1):
-        batch, data_state = next(batches)
-        state, metrics = step_fn(state, batch, step_key)
-        window.add(step, metrics)
+        sample_state = self.member_state(0)
+        warm_up(self.dp, [(self.step_fn, (self.state, first[0], self.step_keys)), (self.eval_fn, (self.state, first[0], self.eval_keys))],
+                lambda: self.sample_fn.lower(sample_state, self.stack.member(self.grid_keys, 0), self.t.num_grid).compile(),
+                self.is_main)
+        return itertools.chain([first], batches)
+
+    def _at_cadences(self, step: int, data_state, progress) -> None:
+        t = self.t
         if step % t.log_every == 0 or step == t.num_steps:
-            check_finite(step)
-            scalars = window.summary()
-            window.clear()
-            writer.write(step, scalars)
-            now = time.perf_counter()
-            rate = (step - start) / (now - t0)
-            # since the (re)start, and over this log interval alone (what a throughput comparison wants)
-            writer.write_timing(step, {"steps_per_sec": rate, "interval_steps_per_sec": (step - step_log) / (now - t_log)})
-            t_log, step_log = now, step
-            progress.update(step, {**scalars, "steps_per_sec": rate})
+            self._log(step, progress)
         if t.eval_every and step % t.eval_every == 0:
-            writer.write(step, {**run_eval(), "eval/split": config.data.eval_split})
-        if sample_eval is not None and sample_eval.due(step, t.num_steps):
-            if is_main:  # host-only work, no collectives
-                writer.write(step, sample_eval(local_copy(dp.host_state(state))))
+            self._write_evals(step, self.run_eval(), data_state)
+        if self.sample_evals[0] is not None and self.sample_evals[0].due(step, t.num_steps):
+            if self.is_main:  # host-only work, no collectives
+                self._write_evals(step, [ev(self.member_state(i)) for i, ev in enumerate(self.sample_evals)], data_state)
             # The other processes wait here rather than inside the next step's all-reduce,
             # which gloo (CPU collectives) abandons after 30 s.
             barrier(f"synthjax_sample_eval_{step}")
         if step % t.ckpt_every == 0 or step == t.num_steps:
-            check_finite(step)  # never checkpoint a state that went non-finite since the last check
-            meta = {"data": data_state, "step": step, "family": trainer.family, "window": window.to_meta()}
-            checkpointer.save(step, dp.host_state(state), meta)
-            last_good = step
+            self._checkpoint(step, data_state)
         if step % t.sample_every == 0:
-            save_grid(step)
-    progress.close()
-    elapsed = time.perf_counter() - t0
-    done = step - start
+            self.save_grids(step)
 
-    final_eval = run_eval()
-    if done:  # a rerun of a finished run adds nothing to its logs
-        writer.write(step, {**final_eval, "eval/split": config.data.eval_split})
-    grid = save_grid(step)
-    summary = {**scalars, **final_eval, "eval/split": config.data.eval_split, "step": step, "seconds": elapsed}
-    rate = f"{done / elapsed:.2f} steps/s" if done and elapsed > 0 else "no new steps"
-    losses = ", ".join(f"{k}={v:.4g}" for k, v in final_eval.items())
-    if is_main:
-        print(
-            f"synthjax: {config.model.family}/{config.model.arch} step {step}/{t.num_steps} ({rate}); {losses}; "
-            f"grid {grid}; checkpoints {checkpointer.directory}"
-        )
-    return summary
+    def _write_members(self, step: int, values: list[dict[str, float]]) -> None:
+        for i, v in enumerate(values):
+            self.writer.write(step, v, i)
+
+    def _write_evals(self, step: int, values: list[dict[str, float]], data_state) -> None:
+        """Evaluation results to the logs, and to the best checkpoint when asked (train.keep_best)."""
+        self._write_members(step, values)
+        if self.best is not None:
+            meta = {"data": data_state, "step": step, "family": self.stack.family, "window": []}
+            self.best.offer(step, values[0], self.dp.host_state(self.state), meta)
+
+    def _log(self, step: int, progress) -> None:
+        self.check_finite(step)
+        for i, window in enumerate(self.windows.members):
+            self.scalars[i] = window.summary()
+            window.clear()
+        self._write_members(step, self.scalars)
+        now = time.perf_counter()
+        rate = (step - self.start) / (now - self.t0)
+        # since the (re)start, and over this log interval alone (what a throughput comparison wants)
+        self.writer.write_timing(step, {"steps_per_sec": rate, "interval_steps_per_sec": (step - self.step_log) / (now - self.t_log)})
+        self.t_log, self.step_log = now, step
+        progress.update(step, {**self.scalars[0], "steps_per_sec": rate})
+
+    def _checkpoint(self, step: int, data_state) -> None:
+        self.check_finite(step)  # never checkpoint a state that went non-finite since the last check
+        meta = {"data": data_state, "step": step, "family": self.stack.family, "window": self.windows.to_meta()}
+        self.checkpointer.save(step, self.dp.host_state(self.state), meta)
+        self.last_good = step
+
+    def check_finite(self, step: int) -> None:
+        """Fetch the pending metrics; under 'halt', stop a single run that went non-finite, report each
+        member of a stack that diverged (frozen inside the step) and stop when all of them have."""
+        self.windows.sync(self.dp)
+        if self.t.on_nonfinite != "halt":
+            return
+        if self.stack.size == 1:
+            bad = self.windows.members[0].first_nonfinite()
+            if bad is not None:
+                raise Diverged(divergence_message(step, bad, self.last_good, self.checkpointer.directory))
+            return
+        diverged = self.stack.diverged(self.state)
+        for i in sorted(set(diverged) - self.reported):
+            print(f"synthjax: member {i} ({self.names[i]}) diverged at step {diverged[i]}: frozen (its updates are "
+                  f"dropped); the other members go on")
+        self.reported |= set(diverged)
+        if len(diverged) == self.stack.size:
+            raise Diverged(all_diverged_message(step, diverged, self.names, self.last_good, self.checkpointer.directory))
+
+    def run_eval(self) -> list[dict[str, Any]]:
+        """Each member's eval_step metrics on the held-out split, which the rows name (eval/split)."""
+        self.eval_pipeline.set_state(self.eval_start)
+        values = evaluate(self.eval_fn, self.state, self.eval_pipeline, self.dp, self.eval_keys, self.t.eval_batches, self.stack)
+        return [{**v, "eval/split": self.configs[0].data.eval_split} for v in values]
+
+    def save_grids(self, step: int) -> list[str]:
+        """Each member's sample grid (the same grid noise every time, so progress is visible), as PNG and in TensorBoard."""
+        paths = []
+        for i in range(self.stack.size):
+            folder = os.path.join(self.workdir, "samples", *([self.names[i]] if self.names else []))
+            paths.append(os.path.join(folder, f"step_{step:07d}.png"))
+            if self.is_main:
+                os.makedirs(folder, exist_ok=True)
+                samples = np.asarray(self.sample_fn(self.member_state(i), self.stack.member(self.grid_keys, i), self.t.num_grid))
+                grid = images.make_grid(images.to_uint8(samples))
+                images.save_png(paths[-1], grid)
+                self.writer.write_image(step, "samples", grid, i)
+        return paths
+
+    def _finish(self, step: int, elapsed: float) -> list[dict[str, Any]]:
+        done = step - self.start
+        final_eval = self.run_eval()
+        if done:  # a rerun of a finished run adds nothing to its logs
+            self._write_members(step, final_eval)
+        grids = self.save_grids(step)
+        diverged = self.stack.diverged(self.state)
+        extra = [{"diverged_at": diverged.get(i, 0)} if self.stack.size > 1 else {} for i in range(self.stack.size)]
+        summaries = [{**sc, **ev, **ex, "step": step, "seconds": elapsed} for sc, ev, ex in zip(self.scalars, final_eval, extra)]
+        rate = f"{done / elapsed:.2f} steps/s" if done and elapsed > 0 else "no new steps"
+        losses = ", ".join(f"{k}={v:.4g}" for k, v in final_eval[0].items() if not isinstance(v, str))
+        if self.is_main:
+            c = self.configs[0]
+            who = f"{self.stack.size} members, step" if self.stack.size > 1 else "step"
+            print(f"synthjax: {c.model.family}/{c.model.arch} {who} {step}/{self.t.num_steps} ({rate}); {losses}; "
+                  f"grid {grids[0]}; checkpoints {self.checkpointer.directory}")
+        return summaries
+
+
+def all_diverged_message(step: int, diverged: dict[int, int], names: list[str], last_good: int | None, directory: str) -> str:
+    """Name every member of a stack and the step at which it diverged."""
+    which = ", ".join(f"member {i} ({names[i]}) at step {s}" for i, s in sorted(diverged.items()))
+    where = f"step {last_good} in {directory}" if last_good is not None else "none"
+    return (f"every member of the stack diverged (detected at step {step}): {which}. Last checkpoint: {where}. "
+            "Lower opt.lr (or set opt.grad_clip), or set train.on_nonfinite='skip' to drop such updates")
 
 
 class ProgressBar:

@@ -17,6 +17,20 @@ def test_bench_record_has_the_peer_keys_and_ours():
     assert r["overrides"] == ["model.g_width=8", "model.d_width=8"]
 
 
+def test_bench_members_prints_one_json_line_with_the_stack_and_sequential_rates():
+    proc = subprocess.run(
+        [sys.executable, "-m", "synthjax.bench", "--workload", "dcgan28", "--members", "2", "--batch-size", "8", "--steps", "2",
+         "--set", "model.g_width=8", "--set", "model.d_width=8", "--json"],
+        cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    r = json.loads(lines[0])
+    assert r["members"] == 2 and r["images_per_sec"] > 0 and r["sequential_images_per_sec"] > 0 and r["finite"]
+    assert abs(r["speedup_vs_sequential"] - r["images_per_sec"] / r["sequential_images_per_sec"]) < 1e-9
+    assert r["stack_overrides"] == "model.conv_impl=matmul"  # dcgan's measured choice for stacks on CPU
+
+
 def test_bench_shapes_tfds_workloads_without_their_data():
     config, shape = bench.workload_config("sngan", 0, "float32")  # CIFAR-10 through tfds: not on this machine
     assert shape == (32, 32, 3) and config.train.batch_size == bench.default_batch_size("sngan")

@@ -196,7 +196,7 @@ def test_vmapped_ddpm_step_equals_member_steps():
     source = get_source(configs[0].data)
     trainers = [build_trainer(c, source.image_shape, source.num_classes) for c in configs]
     trainer, dp = trainers[0], DataParallel("shard_map")
-    assert set(trainer.VMAPPABLE) == {"seed", "opt.lr", "model.ema_decay"}
+    assert set(trainer.vmappable_keys) == {"seed", "opt.lr", "model.ema_decay"}
     pipeline = build_pipeline(source, configs[0].train.batch_size, 0, trainer.preprocess, num_threads=0)
     batches = [dp.put_batch(next(pipeline)) for _ in range(2)]
     init = jax.jit(trainer.create_state)

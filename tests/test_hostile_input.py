@@ -41,6 +41,8 @@ def refuse(cfg: ConfigDict, workdir: str, match: str) -> None:
 
 CLI_CASES = {
     "mistyped key": (["--config.opt.lrr=1"], "unknown config key 'opt.lrr'; did you mean 'opt.lr'"),
+    "mistyped key, spaced": (["--config.opt.lrr", "1"], "unknown config key 'opt.lrr'; did you mean 'opt.lr'"),
+    "no value": (["--config.opt.lr"], "--config.opt.lr needs a value"),
     "wrong type": (["--config.train.batch_size=abc"], "config key 'train.batch_size' is a int; got 'abc'"),
     "negative lr": (["--config.opt.lr=-0.1"], "opt.lr must be a positive number, got -0.1"),
     "zero batch": (["--config.train.batch_size=0"], "train.batch_size must be a positive integer, got 0"),
@@ -117,7 +119,8 @@ def test_truncated_image_is_named_or_skipped_and_counted(tmp_path, capsys):
         f.truncate(os.path.getsize(bad) // 2)
     refuse(config(VAE, "data.name=folder", f"data.path={root}"), str(tmp_path / "w"), f"cannot decode image {bad}.*data.skip_bad=True")
     source = get_source(config(VAE, "data.name=folder", f"data.path={root}", "data.skip_bad=true").data)
-    assert len(source) == 3 and "skipped 1 unreadable image(s), first: " + bad in capsys.readouterr().out
+    # 3 readable images, of which round(20% of 3) = 1 is held out as the test split.
+    assert len(source) == 2 and "skipped 1 unreadable image(s), first: " + bad in capsys.readouterr().out
 
 
 def test_empty_datasets(tmp_path):
@@ -128,6 +131,52 @@ def test_empty_datasets(tmp_path):
     path = str(tmp_path / "none.npz")
     np.savez(path, images=np.zeros((0, 28, 28), np.uint8))
     refuse(config(VAE, "data.name=npz", f"data.path={path}"), str(tmp_path / "w2"), "is empty: it holds no images")
+
+
+def test_config_path_that_is_not_a_python_config(tmp_path):
+    text = tmp_path / "dcgan.yaml"
+    text.write_text("lr: 0.1\n")
+    with pytest.raises(UserError, match=r"config '.*dcgan.yaml' is not a .py file; pass a Python config such as configs/dcgan.py"):
+        load_config(str(text))
+    with pytest.raises(UserError, match="is not a .py file"):
+        load_config(str(tmp_path))  # a directory
+    empty = tmp_path / "empty.py"
+    empty.write_text("X = 1\n")
+    with pytest.raises(UserError, match=r"config file '.*empty.py' defines no get_config\(arg\) function; add one"):
+        load_config(str(empty))
+
+
+def test_npy_file_passed_as_npz(tmp_path):
+    path = str(tmp_path / "images.npz")
+    with open(path, "wb") as f:
+        np.save(f, np.zeros((10, 28, 28), np.uint8))  # np.save to a file object keeps the misleading name
+    refuse(config(VAE, "data.name=npz", f"data.path={path}"), str(tmp_path / "w"),
+           r"holds a single array \(an .npy file\), not an .npz archive; save with np.savez\(path, images=..., labels=...\)")
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (np.array([0, 1, -1, 2, 0, 1, 2, 0, 1, 2]), r"'labels' must be class indices 0..K-1; label 2 is -1 \(negative\); renumber"),
+        (np.array([0, 1, 0.5, 2, 0, 1, 2, 0, 1, 2]), r"'labels' must be integer class indices 0..K-1; label 2 is 0.5; save labels as integers"),
+        (np.array(["cat"] * 10), r"'labels' must be integer class indices 0..K-1, got dtype <U3"),
+    ],
+)
+def test_labels_that_are_negative_or_not_integers(labels, match, tmp_path):
+    path = str(tmp_path / "d.npz")
+    np.savez(path, images=np.zeros((10, 28, 28), np.uint8), labels=labels)
+    refuse(config(VAE, "data.name=npz", f"data.path={path}"), str(tmp_path / "w"), match)
+
+
+def test_sample_out_without_npz_suffix_is_refused(tmp_path, capsys):
+    from synthjax import sample
+
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "samples")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert re.fullmatch(r"error: --out '.*samples' must end in .npz \(numpy would write .*samples.npz\); e.g. --out .*samples.npz\n", err)
+    assert not os.listdir(tmp_path)
 
 
 def test_conditional_trainer_without_labels(monkeypatch, tmp_path):

@@ -13,10 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import families
 from tests.test_trainers import run_steps, setup
 
-FAMILIES = ["gan_mlp.py:smoke", "dcgan.py:smoke", "vae_mlp.py:smoke", "vae_conv.py:smoke", "vqvae.py:smoke",
-            "pixelrnn.py:smoke", "draw.py:smoke", "convlstm.py:smoke", "ddpm.py:smoke"]
+# One config per (family, architecture), found in configs/: a new family is covered once its config exists.
+FAMILIES = families.arch_configs()
 STEPS = 4
 
 

@@ -17,4 +17,5 @@ def test_ablation_notebook_runs_and_shows_table_and_plot(tmp_path, monkeypatch):
     markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert "| objective.loss | n | d_loss |" in markdown and markdown.count("| 3 |") == 2  # two losses, three seeds each
     assert any("image/png" in o.get("data", {}) for o in outputs)
-    assert sorted(os.listdir(tmp_path / "ablation"))[:2] == ["d_loss.png", "objective.loss=hinge__seed=0"]
+    assert sorted(os.listdir(tmp_path / "ablation"))[:2] == ["d_loss.png", "results.csv"]
+    assert {"stack__objective.loss=hinge", "stack__objective.loss=ns"} <= set(os.listdir(tmp_path / "ablation"))

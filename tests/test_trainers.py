@@ -16,6 +16,7 @@ from synthjax.config import load_config
 from synthjax.data import build_pipeline, get_source
 from synthjax.parallel import DataParallel, make_mesh
 from synthjax.trainers import build_trainer
+from tests.helpers import families, golden
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,23 +40,30 @@ def run_steps(trainer, dp, batches, state, n):
     return state, history
 
 
-GOLDEN = {
-    "gan_mlp.py:smoke": {"d_loss": 1.2573316097259521, "g_loss": -0.6856386661529541},
-    "dcgan.py:smoke": {"d_loss": 1.3931750059127808, "g_loss": 0.8311931490898132},
-    "vae_mlp.py:smoke": {"loss": 588.6385498046875, "kl": 0.16057641804218292},
-    "vae_conv.py:smoke": {"loss": 545.044189453125, "kl": 0.33036577701568604},
-}
-
-
-@pytest.mark.parametrize("config_name", sorted(GOLDEN))
-def test_one_step_golden_values(config_name):
+def one_step_metrics(config_name: str) -> dict[str, float]:
+    """Every scalar metric of the first train step of `config_name` (what the golden file pins)."""
     trainer, dp, batches, state = setup(config_name)
     state, (metrics,) = run_steps(trainer, dp, batches, state, 1)
     assert int(dp.host_state(state).step) == 1
-    got = {k: float(metrics[k]) for k in GOLDEN[config_name]}
-    for key, want in GOLDEN[config_name].items():
-        assert want is not None, f"golden value for {config_name}/{key} not pinned; got {got}"
-        np.testing.assert_allclose(got[key], want, rtol=2e-5, err_msg=f"{config_name} {key}")
+    return {k: float(v) for k, v in sorted(metrics.items()) if np.ndim(v) == 0}
+
+
+@pytest.mark.parametrize("config_name", families.all_configs())
+def test_one_step_golden_values(config_name):
+    """Every config in configs/ has pinned first-step metrics (tests/helpers/golden.py says how to record them)."""
+    got = one_step_metrics(config_name)
+    pinned = golden.load().get(config_name)
+    assert pinned, golden.missing_message(config_name, got)
+    for key, want in pinned.items():
+        assert key in got, f"{config_name}: pinned metric {key!r} is no longer logged; logged: {sorted(got)}"
+        np.testing.assert_allclose(got[key], want, rtol=2e-5, atol=1e-6, err_msg=f"{config_name} {key}")
+
+
+def test_every_registered_family_has_a_config():
+    """The cross-family tests derive their lists from configs/, so a family without a config would go untested."""
+    covered = {families.family_and_arch(name)[0] for name in families.all_configs()}
+    missing = families.registered_families() - covered
+    assert not missing, f"model families {sorted(missing)} have no configs/*.py; add configs/<family>.py with a :smoke variant"
 
 
 def test_vae_learns_a_tiny_dataset():
@@ -120,3 +128,32 @@ def test_global_norm_matches_float64_under_jit_and_vmap():
     np.testing.assert_allclose(jax.jit(global_norm)(tree), want, rtol=1e-6)
     stacked = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), tree)
     np.testing.assert_allclose(jax.vmap(global_norm)(stacked), [want, 2 * want], rtol=1e-6)
+
+
+def test_register_refuses_a_capability_without_its_method():
+    from synthjax.trainers.base import TRAINERS, Trainer, register
+
+    with pytest.raises(TypeError, match="needs log_likelihood"):
+        register("claims_a_likelihood")(type("Claims", (Trainer,), {"log_likelihood_kind": "bound"}))
+    with pytest.raises(TypeError, match="needs train_step_with"):
+        register("claims_vmap")(type("Claims", (Trainer,), {"vmappable_keys": ("seed",)}))
+    assert "claims_a_likelihood" not in TRAINERS and "claims_vmap" not in TRAINERS
+
+
+def test_capabilities_default_to_not_offered():
+    trainer, dp, batches, state = setup("draw.py:smoke")
+    assert (trainer.log_likelihood_kind, trainer.vmappable_keys, trainer.requires_labels) == ("none", (), False)
+    from synthjax.errors import UserError
+
+    with pytest.raises(UserError, match="defines no tractable likelihood"):
+        trainer.log_likelihood(state, None, None, 1)
+
+
+def test_pixelrnn_exact_log_likelihood_is_minus_its_training_nll():
+    trainer, dp, batches, state = setup("pixelrnn.py:smoke", devices=jax.devices()[:1])
+    assert trainer.log_likelihood_kind == "exact"
+    batch = next(batches)
+    log_p = jax.jit(trainer.log_likelihood, static_argnums=3)(dp.host_state(state), batch["image"], jax.random.key(0), 1)
+    assert log_p.shape == (len(batch["image"]),)
+    _, metrics = dp.compile_step(trainer.train_step)(state, dp.put_batch(batch), jax.random.key(0))
+    np.testing.assert_allclose(-float(jnp.mean(log_p)), float(dp.metrics(metrics)["nll"]), rtol=1e-5)

@@ -195,7 +195,13 @@ def _npz(cfg, split: str) -> DataSource:
 def _read_npz(path: str) -> dict[str, np.ndarray]:
     """The image and label arrays of an .npz file, checked: uint8 images, one integer label per image."""
     try:
-        with np.load(path) as f:
+        archive = np.load(path)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise UserError(
+                f"{path} holds a single array (an .npy file), not an .npz archive; "
+                "save with np.savez(path, images=..., labels=...) instead of np.save"
+            )
+        with archive as f:
             if "images" not in f:
                 raise UserError(f"{path}: no array named 'images' (found {sorted(f.keys())}); save with np.savez(path, images=..., labels=...)")
             arrays = {k: f[k] for k in ("images", "labels", "test_images", "test_labels") if k in f}
@@ -210,8 +216,26 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
         if labels is not None and len(labels) != len(images):
             raise UserError(f"{path}: {len(labels)} '{prefix}labels' for {len(images)} '{prefix}images'")
         if labels is not None:
-            arrays[prefix + "labels"] = labels.astype(np.int32)
+            arrays[prefix + "labels"] = checked_labels(labels, f"{path}: '{prefix}labels'")
     return arrays
+
+
+def checked_labels(labels: np.ndarray, where: str) -> np.ndarray:
+    """Class labels as int32, refusing negative or non-integer values (classes are 0, 1, ..., K-1)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise UserError(f"{where} must be a 1-d array of class indices, got shape {labels.shape}")
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating) or labels.dtype == bool):
+        raise UserError(f"{where} must be integer class indices 0..K-1, got dtype {labels.dtype}")
+    if np.issubdtype(labels.dtype, np.floating):
+        bad = ~np.isfinite(labels) | (labels != np.round(labels))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise UserError(f"{where} must be integer class indices 0..K-1; label {i} is {labels[i].item()!r}; save labels as integers (e.g. labels.astype(np.int64))")
+    if len(labels) and labels.min() < 0:
+        i = int(np.argmin(labels))
+        raise UserError(f"{where} must be class indices 0..K-1; label {i} is {labels[i].item()!r} (negative); renumber the classes from 0")
+    return labels.astype(np.int32)
 
 
 def _folder(cfg, split: str) -> DataSource:

@@ -63,7 +63,7 @@ def cache_dir() -> Path:
 
 
 def default_weights_path() -> Path:
-    """The shipped default location of the MNIST classifier: `cache_dir()/mnist_classifier.npz`."""
+    """The shipped default location of the MNIST classifier: `cache_dir()/mnist_classifier_trainsplit.npz`."""
     return cache_dir() / WEIGHTS_FILE
 
 

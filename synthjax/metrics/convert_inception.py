@@ -104,6 +104,50 @@ def convert_file(torch_path: str | Path, out_path: str | Path) -> str:
     return file_sha256(out_path)
 
 
+PYTORCH_FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+# torch.hub's convention: the hex after the last '-' of the file name starts the file's sha256.
+PYTORCH_FID_SHA256_PREFIX = "6726825d"
+
+
+def fetch(out: str | Path, url: str = PYTORCH_FID_URL, sha256: str = PYTORCH_FID_SHA256_PREFIX, log=print) -> tuple[Path, str]:
+    """Download pytorch-fid's Inception weights from `url`, check their sha256, convert them to `out`.
+
+    `sha256` is the expected hex digest of the downloaded .pth, or its start
+    (the default is the prefix pytorch-fid's file name carries). An existing
+    `out` is kept (the cache); a download whose hash differs is deleted and
+    refused. Any urllib URL works, `file://` included (the offline tests use
+    one). Converting needs torch (`pip install torch`, the CPU build).
+    Returns (out, sha256 of the npz: the extractor's weights_hash).
+    """
+    import tempfile
+    import urllib.request
+
+    out = Path(out).expanduser()
+    if out.is_file():
+        log(f"synthjax: FID Inception weights already at {out}")
+        return out, file_sha256(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        pth = Path(tmp) / "weights.pth"
+        log(f"synthjax: downloading {url}")
+        try:
+            with urllib.request.urlopen(url) as response, open(pth, "wb") as f:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    f.write(chunk)
+        except OSError as e:  # URLError, HTTPError and file errors are all OSErrors
+            raise UserError(f"cannot download {url}: {e}; download it by hand and run {CONVERT_HINT}") from None
+        digest = file_sha256(pth)
+        if not digest.startswith(sha256.lower()):
+            raise UserError(f"{url} has sha256 {digest}, expected {sha256}...: a different or damaged file; nothing was written")
+        npz_hash = convert_file(pth, out.with_name(f".{out.name}.partial"))
+        out.with_name(f".{out.name}.partial").replace(out)
+    log(f"synthjax: converted FID Inception weights -> {out} (sha256 {npz_hash})")
+    return out, npz_hash
+
+
+CONVERT_HINT = "python -m synthjax.metrics.convert_inception --torch FILE.pth --out OUT.npz"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; prints the output path and its sha256 (the extractor's weights_hash)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -186,18 +186,35 @@ def resize_bilinear_like_torch(x_nhwc: jax.Array, size: tuple[int, int] = NETWOR
     return jax.image.resize(x_nhwc, (n, *size, c), method="bilinear", antialias=False)
 
 
+def resize_clean(x_nhwc: jax.Array, size: tuple[int, int] = NETWORK_SIZE) -> jax.Array:
+    """clean-fid's resize (Parmar et al. 2022): PIL's antialiased bicubic on float images, clipped to [0, 1].
+
+    `jax.image.resize(..., "bicubic", antialias=True)` uses PIL's cubic kernel
+    (a = -0.5) and widens it when downsampling as PIL does; tests/metrics
+    compares it with PIL on up- and downsampling.
+    """
+    n, _, _, c = x_nhwc.shape
+    return jnp.clip(jax.image.resize(x_nhwc, (n, *size, c), method="bicubic", antialias=True), 0.0, 1.0)
+
+
+RESIZERS = {"pytorch_fid": resize_bilinear_like_torch, "clean": resize_clean}
+
+
 class FIDInceptionV3(nn.Module):
     """FID Inception-v3: NHWC float images in [0, 1] -> dict(pool (N, 2048), logits, logits_unbiased (N, 1008)).
 
     With `resize_input` (the default, as pytorch-fid) any input size is
-    resized to 299x299 first; without it the input must be at least 75x75.
+    resized to 299x299 first, by `resize` ('pytorch_fid': bilinear without
+    antialiasing; 'clean': clean-fid's antialiased bicubic); without it the
+    input must be at least 75x75.
     """
 
     resize_input: bool = True
+    resize: str = "pytorch_fid"
 
     @nn.compact
     def __call__(self, images: jax.Array) -> dict:
-        x = resize_bilinear_like_torch(images) if self.resize_input else images
+        x = RESIZERS[self.resize](images) if self.resize_input else images
         x = 2.0 * x - 1.0
         x = BasicConv(32, (3, 3), strides=(2, 2), name="Conv2d_1a_3x3")(x)
         x = BasicConv(32, (3, 3), name="Conv2d_2a_3x3")(x)
@@ -279,10 +296,10 @@ def load_inception_variables(path: str | Path) -> tuple[dict, str]:
     return variables, file_sha256(path)
 
 
-@functools.partial(jax.jit, static_argnames="resize_input")
-def _forward(variables: dict, images_uint8: jax.Array, resize_input: bool = True) -> dict:
+@functools.partial(jax.jit, static_argnames=("resize_input", "resize"))
+def _forward(variables: dict, images_uint8: jax.Array, resize_input: bool = True, resize: str = "pytorch_fid") -> dict:
     """uint8 NHWC -> network outputs; /255 before the resize, in the order pytorch-fid uses."""
-    return FIDInceptionV3(resize_input=resize_input).apply(variables, images_uint8.astype(jnp.float32) / 255.0)
+    return FIDInceptionV3(resize_input=resize_input, resize=resize).apply(variables, images_uint8.astype(jnp.float32) / 255.0)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -295,15 +312,50 @@ class InceptionFeatureExtractor(FeatureExtractor):
     """
 
     variables: dict | None = None
+    resize: str = "pytorch_fid"
 
     @classmethod
-    def from_npz(cls, path: str | Path, batch_size: int = 50) -> "InceptionFeatureExtractor":
-        """Load converted weights (see `load_inception_variables`) into an extractor."""
+    def from_npz(cls, path: str | Path, batch_size: int = 50, resize: str = "pytorch_fid") -> "InceptionFeatureExtractor":
+        """Load converted weights (see `load_inception_variables`) into an extractor.
+
+        `resize`: 'pytorch_fid' (bilinear, no antialiasing: pytorch-fid's and most
+        papers' FIDs) or 'clean' (clean-fid's antialiased bicubic). The name
+        records it, so reference statistics of the two never mix.
+        """
+        if resize not in RESIZERS:
+            raise UserError(f"unknown resize {resize!r}; valid: {', '.join(RESIZERS)} (pytorch-fid's bilinear or clean-fid's bicubic)")
         variables, digest = load_inception_variables(path)
         spec = InputSpec(channels=3, dtype="uint8", value_range=(0, 255), network_size=NETWORK_SIZE)
-        return cls("inception-v3-fid-2015-12-05", digest, spec, batch_size, variables)
+        name = "inception-v3-fid-2015-12-05" + ("" if resize == "pytorch_fid" else f"-resize-{resize}")
+        return cls(name, digest, spec, batch_size, variables, resize)
 
     def extract_batch(self, images: np.ndarray) -> dict:
         """Run one batch through the jitted network."""
-        out = _forward(self.variables, jnp.asarray(images))
+        out = _forward(self.variables, jnp.asarray(images), resize=self.resize)
         return {"features": out["pool"], "logits": out["logits"], "logits_unbiased": out["logits_unbiased"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m synthjax.metrics.inception fetch [--out PATH] [--url URL] [--sha256 HEX]`."""
+    import argparse
+    import sys
+
+    from synthjax.metrics import convert_inception
+    from synthjax.metrics.classifier import cache_dir
+
+    parser = argparse.ArgumentParser(description="Fetch, check and convert pytorch-fid's FID Inception weights")
+    parser.add_argument("command", choices=["fetch"])
+    parser.add_argument("--out", default=str(cache_dir() / "inception_fid.npz"), help="converted npz (default: the evaluate default)")
+    parser.add_argument("--url", default=convert_inception.PYTORCH_FID_URL)
+    parser.add_argument("--sha256", default=convert_inception.PYTORCH_FID_SHA256_PREFIX, help="expected sha256 (or its start) of the .pth")
+    args = parser.parse_args(argv)
+    try:
+        convert_inception.fetch(args.out, args.url, args.sha256)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -126,16 +126,22 @@ class VAE(nn.Module):
 
 
 def build_vae(model_cfg, image_shape: tuple[int, int, int], num_params: int, dtype: Dtype) -> VAE:
-    """The VAE named by `model.arch` ('mlp' or 'conv')."""
-    image_shape = tuple(image_shape)
-    if model_cfg.arch == "mlp":
-        enc = MLPEncoder(model_cfg.latent, model_cfg.hidden, dtype)
-        dec = MLPDecoder(image_shape, num_params, model_cfg.hidden, dtype)
-    elif model_cfg.arch == "conv":
-        conv_stages(image_shape[0])
-        convs = formulations.plan_for(model_cfg, dtype)
-        enc = ConvEncoder(model_cfg.latent, model_cfg.width, model_cfg.hidden, dtype, formulations.encoder_convs(convs))
-        dec = ConvDecoder(image_shape, num_params, model_cfg.width, model_cfg.hidden, dtype, formulations.decoder_convs(convs))
-    else:
-        raise UserError(f"unknown VAE architecture {model_cfg.arch!r} (config key model.arch); valid: conv, mlp")
-    return VAE(enc, dec)
+    """The VAE named by `model.arch`, one of `ARCHITECTURES`."""
+    arch = model_cfg.arch
+    if arch not in ARCHITECTURES:
+        raise UserError(f"unknown VAE architecture {arch!r} (config key model.arch); valid: {', '.join(sorted(ARCHITECTURES))}")
+    return VAE(*ARCHITECTURES[arch](model_cfg, tuple(image_shape), num_params, dtype))
+
+
+def _mlp(cfg, image_shape, num_params, dtype):
+    return MLPEncoder(cfg.latent, cfg.hidden, dtype), MLPDecoder(image_shape, num_params, cfg.hidden, dtype)
+
+
+def _conv(cfg, image_shape, num_params, dtype):
+    conv_stages(image_shape[0])  # fail early with a clear message
+    return (ConvEncoder(cfg.latent, cfg.width, cfg.hidden, dtype),
+            ConvDecoder(image_shape, num_params, cfg.width, cfg.hidden, dtype))
+
+
+# model.arch -> (encoder, decoder) builder; a new architecture is one function and one entry here.
+ARCHITECTURES = {"mlp": _mlp, "conv": _conv}

@@ -55,7 +55,7 @@ class ConvLSTMTrainer(Trainer):
         m = config.model
         self.context_frames, self.future_frames = m.context_frames, m.future_frames
         self.model = EncoderForecaster(m.hidden, m.layers, m.future_frames, m.kernel, m.patch, self.dtype)
-        self.tx = adam(config.opt, config.opt.lr)
+        self.tx = adam(config.opt, config.opt.lr, config.train.num_steps)
         self._display: dict[int, np.ndarray] = {}
 
     def _check(self, config) -> None:
@@ -128,9 +128,9 @@ class ConvLSTMTrainer(Trainer):
         return jax.nn.sigmoid(self.model.apply({"params": state.params}, context))
 
     def display_sequences(self, count: int) -> np.ndarray:
-        """`count` whole sequences (count, T, H, W, 1) in [0, 1] from the end of the configured source (cached)."""
+        """`count` whole sequences (count, T, H, W, 1) in [0, 1] from the end of the held-out split (data.eval_split; cached)."""
         if count not in self._display:
-            source = get_source(self.config.data)
+            source = get_source(self.config.data, self.config.data.get("eval_split", "test"))
             require(
                 tuple(source.image_shape) == tuple(self.image_shape),
                 f"data.name={self.config.data.name!r} yields {source.image_shape}, the trainer was built for {self.image_shape}",

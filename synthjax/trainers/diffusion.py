@@ -42,7 +42,8 @@ class DDPMState(flax.struct.PyTreeNode):
 class DDPMTrainer(Trainer):
     """Trains the U-Net of `model` on the diffusion objective of `objective`; samples with `sample`."""
 
-    VMAPPABLE = ("seed", "opt.lr", "model.ema_decay")
+    vmappable_keys = ("seed", "opt.lr", "model.ema_decay")
+    log_likelihood_kind = "bound"  # the variational bound (Ho et al.), not exact
     sweep_metric = "loss"
 
     def __init__(self, config, image_shape, num_classes=0):

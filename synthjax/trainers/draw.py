@@ -49,7 +49,7 @@ class DRAWTrainer(Trainer):
             write_n=m.write_n,
             dtype=self.dtype,
         )
-        self.tx = adam(config.opt, config.opt.lr)
+        self.tx = adam(config.opt, config.opt.lr, config.train.num_steps)
         self.num_dims = math.prod(image_shape)
 
     def _check(self, config) -> None:

@@ -55,7 +55,17 @@ from synthjax.errors import UserError
 from synthjax.models.gan import build_gan, merge_two_pass_stats, two_passes_mergeable
 from synthjax.objectives.gan import get_loss
 from synthjax.objectives.penalties import get_penalty
-from synthjax.trainers.base import Metrics, Trainer, adam, global_norm, register, require
+from synthjax.trainers.base import (
+    Metrics,
+    Trainer,
+    adam,
+    global_norm,
+    lr_factor,
+    register,
+    require,
+    scheduled,
+    truncated_normal,
+)
 from synthjax.trainers.vmappable import HParams, apply_scaled, as_hparams, ema_hparams, ema_update
 
 
@@ -103,7 +113,7 @@ def resolve_joint_pass(value: Any, backend: str | None = None) -> bool:
 class GANTrainer(Trainer):
     """Trains a (generator, discriminator) pair named by `model.arch` with the loss `objective.loss`."""
 
-    VMAPPABLE = ("seed", "opt.lr", "opt.d_lr", "model.ema_decay", "objective.penalty_weight")
+    vmappable_keys = ("seed", "opt.lr", "opt.d_lr", "model.ema_decay", "objective.penalty_weight")
     sweep_metric = "d_loss"
 
     def __init__(self, config, image_shape, num_classes=0):
@@ -137,6 +147,7 @@ class GANTrainer(Trainer):
         )
         # Unit learning rates: the rates come from hparams() so they can be traced (vmapped) values.
         self.g_tx, self.d_tx = adam(config.opt, 1.0), adam(config.opt, 1.0)
+        self.lr_factor = lr_factor(config.opt, config.train.num_steps)  # opt.schedule, applied to both rates
 
     @property
     def preprocess(self) -> Preprocess:
@@ -265,7 +276,11 @@ class GANTrainer(Trainer):
         return self.train_step_with(self.hparams(), state, batch, key)
 
     def train_step_with(self, hp: HParams, state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, Metrics]:
-        """`train_step` with the numeric hyperparameters `hp` (see trainers/vmappable.py) as arguments."""
+        """`train_step` with the numeric hyperparameters `hp` (see trainers/vmappable.py) as arguments.
+
+        opt.schedule scales both learning rates by its multiplier at the generator step
+        (every critic update of one step uses the same rate)."""
+        hp = {**hp, **{k: scheduled(hp[k], self.lr_factor, state.step) for k in ("g_lr", "d_lr")}}
         key = jax.random.fold_in(key, state.step)
         reals, labels = self._critic_splits(batch)
         critic = Critic(state.d_params, state.d_stats, state.d_opt)
@@ -329,7 +344,15 @@ class GANTrainer(Trainer):
 
     def sample(self, state: GANState, key: jax.Array, num: int) -> jax.Array:
         """`num` images from the EMA generator; a conditional model cycles through the classes (0, 1, ..., 0, 1, ...)."""
-        z = jax.random.normal(key, (num, self.config.model.z_dim))
+        return self.decode_latents(state, jax.random.normal(key, (num, self.config.model.z_dim)))
+
+    def sample_latents(self, key: jax.Array, num: int, truncation: float = 0.0) -> jax.Array:
+        """Generator inputs z (num, z_dim), truncated to [-truncation, truncation] when it is > 0."""
+        return truncated_normal(key, (num, self.config.model.z_dim), truncation)
+
+    def decode_latents(self, state: GANState, z: jax.Array) -> jax.Array:
+        """The EMA generator's images in [0, 1] for inputs z; a conditional model cycles through the classes."""
+        num = z.shape[0]
         y = jnp.arange(num, dtype=jnp.int32) % self.num_labels if self.num_labels else None
         x = self.generator.apply({"params": state.ema_params, "batch_stats": state.g_stats}, z, y, train=False)
         return jnp.clip((x + 1.0) * 0.5, 0.0, 1.0)

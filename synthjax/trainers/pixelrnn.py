@@ -36,6 +36,8 @@ class PixelRNNState(flax.struct.PyTreeNode):
 class PixelRNNTrainer(Trainer):
     """Trains `model.arch='row_lstm'` with `objective.likelihood` 'bernoulli' (binarised) or 'categorical' (8-bit)."""
 
+    log_likelihood_kind = "exact"
+
     def __init__(self, config, image_shape, num_classes=0):
         super().__init__(config, image_shape, num_classes)
         self.likelihood = get_pixel_likelihood(config.objective.likelihood)
@@ -51,7 +53,7 @@ class PixelRNNTrainer(Trainer):
             input_kernel=m.input_kernel,
             dtype=self.dtype,
         )
-        self.tx = adam(config.opt, config.opt.lr)
+        self.tx = adam(config.opt, config.opt.lr, config.train.num_steps)
         self.num_dims = math.prod(image_shape)
 
     def _check(self, config) -> None:
@@ -88,6 +90,11 @@ class PixelRNNTrainer(Trainer):
     def nll(self, params: Any, x: jax.Array) -> jax.Array:
         """Exact -log p(x) in nats per image, shape (B,)."""
         return self.likelihood.nll(self.model.apply({"params": params}, x), x)
+
+    def log_likelihood(self, state: PixelRNNState, x: jax.Array, key: jax.Array, num_samples: int) -> jax.Array:
+        """Exact log p(x) in nats per image, shape (B,); `key` and `num_samples` are unused."""
+        del key, num_samples
+        return -self.nll(state.params, x)
 
     def train_step(self, state: PixelRNNState, batch: dict, key: jax.Array) -> tuple[PixelRNNState, Metrics]:
         del key  # the likelihood is exact: no noise in the step

@@ -26,7 +26,17 @@ from synthjax.data.pipeline import Preprocess
 from synthjax.models.vae import build_vae
 from synthjax.metrics import importance_weighted_log_likelihood
 from synthjax.objectives.vae import LOG_2PI, gaussian_kl, gaussian_log_weights, get_likelihood, iwae_bound, negative_elbo
-from synthjax.trainers.base import Metrics, Trainer, adam, global_norm, register, require
+from synthjax.trainers.base import (
+    Metrics,
+    Trainer,
+    adam,
+    global_norm,
+    lr_factor,
+    register,
+    require,
+    scheduled,
+    truncated_normal,
+)
 from synthjax.trainers.vmappable import HParams, apply_scaled, as_hparams
 
 
@@ -40,7 +50,8 @@ class VAEState(flax.struct.PyTreeNode):
 class VAETrainer(Trainer):
     """Trains the encoder/decoder named by `model.arch` with the likelihood `objective.likelihood`."""
 
-    VMAPPABLE = ("seed", "opt.lr", "objective.beta")
+    log_likelihood_kind = "bound"  # an IWAE lower bound
+    vmappable_keys = ("seed", "opt.lr", "objective.beta")
     sweep_metric = "neg_elbo"
 
     def __init__(self, config, image_shape, num_classes=0):
@@ -60,6 +71,7 @@ class VAETrainer(Trainer):
             require(config.data.binarize, "objective.likelihood='bernoulli' models binary pixels: set data.binarize=True")
         self.model = build_vae(config.model, image_shape, self.likelihood.num_params, self.dtype)
         self.tx = adam(config.opt, 1.0)  # unit rate: the rate comes from hparams() as a traced value
+        self.lr_factor = lr_factor(config.opt, config.train.num_steps)  # opt.schedule, applied to that rate
         self.num_dims = math.prod(image_shape)
 
     def hparams(self) -> HParams:
@@ -111,7 +123,7 @@ class VAETrainer(Trainer):
         )(state.params)
         grads = parallel.pmean(grads)
         updates, opt = self.tx.update(grads, state.opt, state.params)
-        new_state = VAEState(step=state.step + 1, params=apply_scaled(state.params, updates, hp["lr"]), opt=opt)
+        new_state = VAEState(step=state.step + 1, params=apply_scaled(state.params, updates, scheduled(hp["lr"], self.lr_factor, state.step)), opt=opt)
         metrics = {
             "loss": loss,
             "rec": -jnp.mean(log_px_z),
@@ -147,6 +159,18 @@ class VAETrainer(Trainer):
     def sample(self, state: VAEState, key: jax.Array, num: int) -> jax.Array:
         z = jax.random.normal(key, (num, self.config.model.latent))
         return self.decode_mean(state, z)
+
+    def sample_latents(self, key: jax.Array, num: int, truncation: float = 0.0) -> jax.Array:
+        """Prior latents z (num, latent), truncated to [-truncation, truncation] when it is > 0."""
+        return truncated_normal(key, (num, self.config.model.latent), truncation)
+
+    def decode_latents(self, state: VAEState, z: jax.Array) -> jax.Array:
+        return self.decode_mean(state, z)
+
+    def reconstruct(self, state: VAEState, x: jax.Array) -> jax.Array:
+        """The decoder's mean image at the posterior mean: decode(mu(x)), a deterministic reconstruction."""
+        mu, _ = self.encode(state, x)
+        return self.decode_mean(state, mu)
 
     def log_likelihood(self, state: VAEState, x: jax.Array, key: jax.Array, num_samples: int) -> jax.Array:
         """IWAE estimate of log p(x) in nats per image, shape (B,), from `num_samples` draws z_k ~ q(z|x).

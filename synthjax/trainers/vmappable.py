@@ -1,8 +1,8 @@
 """Numeric hyperparameters as traced values, so runs that differ only in them train as one vmapped program.
 
-A trainer supports `python -m synthjax.sweep --vmap` when it offers, besides
-the four interface functions:
-- `VMAPPABLE`: the config keys whose values reach the step only through
+A trainer supports `python -m synthjax.sweep --vmap` when it declares, besides
+the four interface functions (defaults on `synthjax.trainers.base.Trainer`):
+- `vmappable_keys`: the config keys whose values reach the step only through
   `hparams()` (always including 'seed', which changes only init and step keys);
 - `hparams() -> dict[str, jax.Array]`: those values as float32 scalars;
 - `train_step_with(hparams, state, batch, key)`: the train step with the

@@ -31,7 +31,7 @@ from synthjax import parallel
 from synthjax.data.pipeline import Preprocess
 from synthjax.models.vq import build_vqvae, ema_codebook_update, latent_grid
 from synthjax.objectives.vae import codebook_loss, commitment_loss, get_likelihood
-from synthjax.trainers.base import Metrics, Trainer, adam, global_norm, register, require
+from synthjax.trainers.base import Metrics, Trainer, adam, global_norm, lr_factor, register, require, scheduled
 from synthjax.trainers.vmappable import HParams, apply_scaled, as_hparams, ema_hparams
 
 
@@ -52,7 +52,7 @@ def perplexity(codes, num_codes: int) -> jax.Array:
 class VQVAETrainer(Trainer):
     """Trains the VQ-VAE of `model.arch` with `model.num_codes` codes; `model.ema` picks the codebook update."""
 
-    VMAPPABLE = ("seed", "opt.lr", "objective.commitment", "model.ema_decay")
+    vmappable_keys = ("seed", "opt.lr", "objective.commitment", "model.ema_decay")
     sweep_metric = "rec"
 
     def __init__(self, config, image_shape, num_classes=0):
@@ -65,6 +65,7 @@ class VQVAETrainer(Trainer):
         require(0.0 <= m.ema_decay < 1.0, f"model.ema_decay must lie in [0, 1), got {m.ema_decay}")
         self.model = build_vqvae(m, image_shape, self.likelihood.num_params, self.dtype)
         self.tx = adam(config.opt, 1.0)  # unit rate: the rate comes from hparams()
+        self.lr_factor = lr_factor(config.opt, config.train.num_steps)  # opt.schedule, applied to that rate
         self.num_dims = math.prod(image_shape)
 
     @property
@@ -118,7 +119,7 @@ class VQVAETrainer(Trainer):
             z_flat = t["z_e"].reshape(-1, t["z_e"].shape[-1])
             total = lambda v: jax.lax.psum(v, parallel.AXIS)  # noqa: E731
             vq = ema_codebook_update(vq, z_flat, t["codes"].reshape(-1), hp["ema_decay"], hp["ema_rate"], total)
-        new_state = VQVAEState(step=state.step + 1, params=apply_scaled(state.params, updates, hp["lr"]), opt=opt, vq=vq)
+        new_state = VQVAEState(step=state.step + 1, params=apply_scaled(state.params, updates, scheduled(hp["lr"], self.lr_factor, state.step)), opt=opt, vq=vq)
         metrics = {
             "loss": loss,
             "rec": jnp.mean(t["rec"]),

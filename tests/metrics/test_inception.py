@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from synthjax import metrics
+from synthjax.errors import UserError
 from synthjax.metrics import convert_inception, inception
+from tests.fixtures import make_inception, make_resize
 
 
 def test_missing_weights_name_the_path_and_the_conversion_command(tmp_path):
@@ -61,39 +63,18 @@ def test_resize_matches_torch_interpolate():
         np.testing.assert_allclose(got, expected.permute(0, 2, 3, 1).numpy(), atol=2e-6)
 
 
-def _randomised_torch_model(torch):
-    """The reference net with random weights and non-trivial BatchNorm statistics.
-
-    BN scales/shifts are random; running statistics are first measured in
-    train mode on random 299x299 inputs (so activations stay O(1) through 94
-    layers instead of vanishing or exploding) and then perturbed, so eval-mode
-    BN is a genuine affine map rather than a whitening of the test batch.
-    """
-    from .torch_fid_inception import TorchFIDInception
-
-    torch.manual_seed(0)
-    model = TorchFIDInception()
-    g = torch.Generator().manual_seed(1)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        for bn in bns:
-            bn.weight.uniform_(0.5, 1.5, generator=g)
-            bn.bias.uniform_(-0.2, 0.2, generator=g)
-            bn.momentum = None  # cumulative average: one batch sets the statistics
-            bn.reset_running_stats()
-        model.fc.bias.uniform_(-1.0, 1.0, generator=g)
-        model.train()
-        model(torch.rand(4, 3, 299, 299, generator=g))
-        model.eval()
-        for bn in bns:
-            bn.running_mean += 0.2 * bn.running_var.sqrt() * torch.randn(bn.running_mean.shape, generator=g)
-            bn.running_var *= torch.empty_like(bn.running_var).uniform_(0.7, 1.4, generator=g)
-    return model
+def test_resize_matches_the_committed_torch_reference():
+    """The check above from tests/fixtures/resize_bilinear.npz (made by make_resize.py), so CI needs no torch."""
+    fixture = np.load(make_resize.PATH)
+    for h, w in make_resize.SIZES:
+        got = np.asarray(inception.resize_bilinear_like_torch(jnp.asarray(make_resize.inputs(h, w))))
+        np.testing.assert_allclose(got, fixture[f"{h}x{w}"], atol=2e-6, err_msg=f"{h}x{w}")
 
 
 def test_flax_inception_matches_independent_torch_implementation(tmp_path, capsys):
+    """The optional live check; the fixture twin below runs the same comparison without torch."""
     torch = pytest.importorskip("torch")
-    model = _randomised_torch_model(torch)
+    model = make_inception.randomised_torch_model()
     pth, npz = tmp_path / "random_inception.pth", tmp_path / "inception_fid.npz"
     torch.save(model.state_dict(), pth)
     assert convert_inception.main(["--torch", str(pth), "--out", str(npz)]) == 0
@@ -101,11 +82,24 @@ def test_flax_inception_matches_independent_torch_implementation(tmp_path, capsy
     assert extractor.weights_hash == hashlib.sha256(npz.read_bytes()).hexdigest()
 
     images = np.random.default_rng(0).integers(0, 256, (2, 64, 80, 3), dtype=np.uint8)  # resized up to 299
-    out = extractor(images)
     with torch.no_grad():
         pool, logits = model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
-    pool, logits = pool.numpy(), logits.numpy()
+    assert_matches_torch(extractor(images), pool.numpy(), logits.numpy(), model.fc.bias.detach().numpy(), capsys)
 
+
+def test_flax_inception_matches_the_committed_torch_reference(tmp_path, capsys):
+    """The same comparison from tests/fixtures/inception_random.npz (made by make_inception.py), so CI needs no torch."""
+    fixture = np.load(make_inception.PATH)
+    state = {k.removeprefix("state/"): fixture[k] for k in fixture.files if k.startswith("state/")}
+    flat = convert_inception.convert_state_dict({**make_inception.torch_layout_weights(), **state})
+    npz = tmp_path / "inception_fid.npz"
+    np.savez(npz, **flat)
+    extractor = metrics.InceptionFeatureExtractor.from_npz(npz)
+    out = extractor(fixture["images"])
+    assert_matches_torch(out, fixture["pool"], fixture["logits"], state["fc.bias"], capsys)
+
+
+def assert_matches_torch(out: dict, pool: np.ndarray, logits: np.ndarray, bias: np.ndarray, capsys) -> None:
     assert out["features"].shape == (2, 2048) and out["logits"].shape == (2, 1008)
     assert (pool > 0).mean() > 0.5  # activations did not die: the comparison is not 0 == 0
     rel_err = np.abs(out["features"] - pool).max() / np.abs(pool).max()
@@ -113,7 +107,6 @@ def test_flax_inception_matches_independent_torch_implementation(tmp_path, capsy
         print(f"\nFID Inception flax vs torch: max |pool diff| / max |pool| = {rel_err:.2e}")
     np.testing.assert_allclose(out["features"], pool, rtol=1e-4, atol=1e-4 * np.abs(pool).max())
     np.testing.assert_allclose(out["logits"], logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
-    bias = model.fc.bias.detach().numpy()
     np.testing.assert_allclose(out["logits_unbiased"], logits - bias, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
 
 
@@ -122,3 +115,47 @@ def test_converter_cli_reports_a_missing_torch_file(tmp_path, capsys):
     assert code == 2
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "out.npz").exists()
+
+
+def test_fetch_downloads_checks_and_converts_through_a_file_url(tmp_path, capsys):
+    """`python -m synthjax.metrics.inception fetch` offline: a local pytorch-fid style .pth through file://."""
+    torch = pytest.importorskip("torch")
+    fixture = tmp_path / "pt_inception-fixture.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in _zero_state_dict().items()}, fixture)
+    digest = inception.file_sha256(fixture)
+    url, out = fixture.as_uri(), tmp_path / "cache" / "inception_fid.npz"
+
+    assert inception.main(["fetch", "--url", url, "--sha256", "0" * 64, "--out", str(out)]) == 2
+    assert f"has sha256 {digest}, expected 0000" in capsys.readouterr().err and not out.exists()
+    assert not [p for p in out.parent.iterdir()]  # no partial files left behind
+
+    assert inception.main(["fetch", "--url", url, "--sha256", digest[:12], "--out", str(out)]) == 0
+    variables, npz_hash = inception.load_inception_variables(out)
+    assert "Mixed_7c" in variables["params"] and len(npz_hash) == 64
+    # Cached: a second fetch does not download (the URL is gone) and keeps the file.
+    fixture.unlink()
+    assert inception.main(["fetch", "--url", url, "--out", str(out)]) == 0
+    assert "already at" in capsys.readouterr().out
+    assert inception.main(["fetch", "--url", url, "--out", str(tmp_path / "other.npz")]) == 2
+    assert "cannot download file://" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [32, 600])
+def test_clean_resize_matches_pil_bicubic(size):
+    from PIL import Image
+
+    x = np.random.default_rng(0).integers(0, 256, (size, size - 17)).astype(np.float32)
+    ref = np.asarray(Image.fromarray(x, mode="F").resize((299, 299), resample=Image.BICUBIC))
+    got = np.asarray(inception.resize_clean(jnp.asarray(x / 255.0)[None, ..., None]))[0, ..., 0] * 255.0
+    inner = slice(2, -2)  # PIL clips to [0, 255] only afterwards; interior values are unclipped on both sides
+    np.testing.assert_allclose(np.clip(got, 0, 255)[inner, inner], np.clip(ref, 0, 255)[inner, inner], atol=0.02)
+
+
+def test_resize_option_is_named_in_the_extractor(tmp_path):
+    path = tmp_path / "w.npz"
+    np.savez(path, **convert_inception.convert_state_dict(_zero_state_dict()))
+    default = metrics.InceptionFeatureExtractor.from_npz(path)
+    clean = metrics.InceptionFeatureExtractor.from_npz(path, resize="clean")
+    assert default.name == "inception-v3-fid-2015-12-05" and clean.name.endswith("-resize-clean")
+    with pytest.raises(UserError, match="unknown resize 'area'; valid: pytorch_fid, clean"):
+        metrics.InceptionFeatureExtractor.from_npz(path, resize="area")

@@ -9,6 +9,7 @@ import pytest
 from helpers.onednn import ONEDNN, needs_onednn
 from synthjax.models import formulations, layers
 from synthjax.models.formulations import ConvChoice
+from tests.fixtures import make_conv_layouts
 
 # (batch, H, W, Cin, Cout, use_bias), formulations: odd sizes, non-square, one output channel, no
 # bias. `onednn` only where its library is built (tests/test_onednn.py says when it must be).
@@ -242,3 +243,18 @@ def test_down_formulations_equal_the_strided_conv_in_float64(impl: str, hw: tupl
         assert got[0].dtype == jnp.float64
         for g, w, what in zip(got, want, ("value", "input gradient", "kernel gradient")):
             np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12, err_msg=f"{impl}: {what}")
+
+
+@pytest.mark.parametrize("fn_name", sorted(make_conv_layouts.CASES))
+def test_layout_helpers_match_the_committed_torch_reference(fn_name) -> None:
+    """The two torch checks above from tests/fixtures/conv_layouts.npz (made by make_conv_layouts.py), without torch."""
+    fixture = np.load(make_conv_layouts.PATH)
+    x, w, bias = make_conv_layouts.case_arrays(fn_name)
+    np.testing.assert_array_equal(fixture[f"{fn_name}/x"], x)  # numpy drew the same inputs as when the file was made
+    from_torch, module = {
+        "conv_transpose2d": (layers.kernel_from_torch_conv_transpose, layers.UpConv2x),
+        "conv2d": (layers.kernel_from_torch_conv, layers.DownConv2x),
+    }[fn_name]
+    params = {"params": {"kernel": from_torch(w), "bias": jnp.asarray(bias)}}
+    got = module(len(bias), conv=ConvChoice("native")).apply(params, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(got), fixture[f"{fn_name}/y"], atol=1e-4, rtol=1e-5)
