@@ -387,7 +387,7 @@ def evaluate_workdir(
     from synthjax.sample import load_run
 
     t0 = time.perf_counter()
-    config, trainer, state, step = load_run(workdir, overrides)
+    config, trainer, state, step = load_run(workdir, overrides=overrides)
     if split:
         config.data.eval_split = split
     evaluator = Evaluator(config, trainer, settings, log)

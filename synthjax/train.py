@@ -274,7 +274,8 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
             "for checkpoints and samples. Free some space or choose another --workdir"
         )
     path = os.path.join(workdir, "config.json")
-    new = flatten(config_lib.to_dict(config))
+    # Through JSON, as the saved copy went: a tuple field reads back as a list and is the same setting.
+    new = flatten(json.loads(json.dumps(config_lib.to_dict(config))))
     if os.path.exists(path):
         old = flatten(_read_json(path))
         # A field the code no longer has (deleted because nothing read it) cannot have shaped the saved run.

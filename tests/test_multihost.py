@@ -79,7 +79,9 @@ def test_two_processes_match_one_process_and_survive_sigkill(tmp_path):
     assert [r["step"] for r in got] == [r["step"] for r in want]
     for g, w in zip(got, want):
         assert g.keys() == w.keys()
-        np.testing.assert_allclose([g[k] for k in sorted(g)], [w[k] for k in sorted(w)], rtol=1e-5, err_msg=str(g["step"]))
+        numeric = [k for k in sorted(g) if not isinstance(g[k], str)]  # eval/split names the split
+        assert all(g[k] == w[k] for k in sorted(g) if k not in numeric)
+        np.testing.assert_allclose([g[k] for k in numeric], [w[k] for k in numeric], rtol=1e-5, err_msg=str(g["step"]))
     # Adam's sign-like updates turn last-bit gradient differences into parameter
     # differences of ~1e-5 after a few steps; a wrong batch or unsynced BatchNorm
     # shows up as 1e-2 in the losses above.
