@@ -203,8 +203,14 @@ def test_vmapped_ddpm_step_equals_member_steps():
     states = [init(jax.random.key(c.seed)) for c in configs]
     hps = [t.hparams() for t in trainers]
     keys = [jax.random.key(100 + c.seed) for c in configs]
-    stacked_step = dp.compile_step(sweep._stacked_step(trainer, "halt"))
-    carry = dp.put_state((sweep._stack(states), sweep._stack(hps)))
+    from synthjax.parallel import DataParallel
+    from synthjax.stack import Stack, StackState, stack_trees
+
+    del hps  # the stack reads each member's hyperparameters itself
+    stack = Stack(trainers, "halt", shared_data_order=True)
+    sdp = DataParallel("shard_map", stacked_state=True)
+    stacked_step = sdp.compile_step(stack.train_step)
+    carry = sdp.put_state(StackState(stack_trees(states), jnp.zeros(len(states), jnp.int32)))
     for batch in batches:
         carry, stacked_metrics = stacked_step(carry, batch, jnp.stack(keys))
     for i, member in enumerate(trainers):
@@ -212,7 +218,7 @@ def test_vmapped_ddpm_step_equals_member_steps():
         state = dp.put_state(init(jax.random.key(configs[i].seed)))
         for batch in batches:
             state, metrics = plain(state, batch, keys[i])
-        want, got = jax.device_get(dp.host_state(state)), jax.device_get(sweep._member(carry[0], i))
+        want, got = jax.device_get(dp.host_state(state)), jax.device_get(jax.tree.map(lambda x: x[i], carry.members))
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5, err_msg=f"member {i}"), got, want)
         for k, v in jax.device_get(dp.metrics(metrics)).items():
             np.testing.assert_allclose(jax.device_get(stacked_metrics[k])[i], v, rtol=1e-5, atol=1e-6, err_msg=k)
