@@ -187,7 +187,6 @@ def test_log_likelihood_is_a_finite_bound_in_nats_per_image():
 
 def test_vmapped_ddpm_step_equals_member_steps():
     """Seed, learning rate and EMA decay as stacked hyperparameters: the same numbers as each member's own step."""
-    from synthjax import sweep
     from synthjax.data import build_pipeline, get_source
     from synthjax.parallel import DataParallel
 
