@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -142,6 +143,48 @@ def prepare(workload: str, batch_size: int, dtype: str = "float32", overrides: S
     return PreparedStep(config, compiled, state, batch, key, time.perf_counter() - t0, dp.num_devices)
 
 
+RECORD_KEYS = ("model", "objective", "data.name", "data.image_size", "train.batch_size", "train.dtype")
+
+
+def record_path(config, image_shape: Sequence[int]) -> str:
+    """Where the bench figure of this config on this machine is kept: `$SYNTHJAX_CACHE/bench/<hash>.json`,
+    keyed by the config fields that shape the step and by the devices."""
+    from synthjax.config import to_dict
+    from synthjax.metrics.classifier import cache_dir
+
+    flat = {k: v for k, v in _flatten(to_dict(config)).items() if k.startswith(RECORD_KEYS)}
+    key = json.dumps({"config": flat, "image_shape": list(image_shape), "device": device_name(), "devices": jax.device_count()},
+                     sort_keys=True, default=str)
+    return os.path.join(cache_dir(), "bench", hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def save_record(config, image_shape: Sequence[int], result: dict) -> None:
+    """Keep a bench result for `train.py`'s closing line (best effort: a read-only cache is no error)."""
+    path = record_path(config, image_shape)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(result, f)
+    except OSError:
+        pass
+
+
+def bench_record(config, image_shape: Sequence[int]) -> dict | None:
+    """The bench result last measured for this config and image shape on this machine, if any."""
+    try:
+        with open(record_path(config, image_shape)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def device_name() -> str:
     d = jax.devices()[0]
     return f"{d.platform}:{d.device_kind}"
@@ -255,6 +298,7 @@ def main(argv=None) -> None:
         print(json.dumps(result))
         return
     result = run(a.workload, a.batch_size, a.steps, a.dtype, a.warmup, a.set)
+    save_record(*workload_config(a.workload, a.batch_size, a.dtype, a.set), result)
     if not a.json:
         print(f"{a.workload} b{a.batch_size} {a.dtype} on {result['device']}: {result['images_per_sec']:.1f} img/s, "
               f"{result['step_ms']:.2f} ms/step, compile {result['compile_s']:.1f} s")

@@ -48,6 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
             tfds_data_dir="",
             num_threads=2,
             prefetch=8,
+            # 'auto': hold the training split on the devices (batches drawn inside the compiled step) when it
+            # fits a share of device memory; 'on'; 'off': the grain pipeline (synthjax/data/on_device.py)
+            on_device="auto",
         )
     )
     c.train = ml_collections.ConfigDict(
@@ -67,6 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
             parallel="shard_map",
             dtype="float32",  # compute dtype; params and optimiser state stay float32
             on_nonfinite="halt",
+            # Train steps per compiled call (a lax.scan); 0: the backend's default (synthjax/train.py STEPS_PER_CALL).
+            # Cadences stay exact: a call stops short at every logging, evaluation, grid or checkpoint step.
+            steps_per_call=0,
             progress=True,
             # glibc allocator setting on CPU: 'threshold', 'heap' (for steps with > 32 MiB of
             # temporaries; measured per config), 'default' (synthjax/tuning.py). Process-wide,

@@ -108,8 +108,9 @@ class DataParallel:
         """Devices along the data axis (the batch is split over these)."""
         return self.mesh.shape[AXIS]
 
-    def compile_step(self, step: Callable, donate_state: bool = True) -> Callable:
-        """Compile `step(state, batch, key) -> (state, metrics)`, written per device."""
+    def compile_step(self, step: Callable, donate_state: bool = True, batch_spec: P | None = None) -> Callable:
+        """Compile `step(state, batch, key) -> (state, metrics)`, written per device (`batch_spec`: the batch
+        argument's layout when it is not a batch, e.g. a split held on the devices)."""
         donate = (0,) if donate_state else ()
         if self.mode == "pmap":
             return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=donate, devices=self.local_devices)
@@ -118,7 +119,8 @@ class DataParallel:
         # replication of the outputs is ensured by the pmean of gradients and metrics,
         # and tests compare against pmap and a single device.
         specs = self.state_spec
-        mapped = jax.shard_map(step, mesh=self.mesh, in_specs=(specs, self.batch_spec, P()), out_specs=specs, check_vma=False)
+        in_specs = (specs, batch_spec or self.batch_spec, P())
+        mapped = jax.shard_map(step, mesh=self.mesh, in_specs=in_specs, out_specs=specs, check_vma=False)
         return jax.jit(mapped, donate_argnums=donate)
 
     def compile_eval(self, fn: Callable) -> Callable:
@@ -154,6 +156,44 @@ class DataParallel:
             return jax.device_put(split, self._stacked())
         sharding = NamedSharding(self.mesh, self.batch_spec)
         return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+    def put_dataset(self, arrays: dict) -> dict:
+        """Numpy arrays of a whole split (the same on every process), each device holding a contiguous block
+        of rows along the data axis (replicated over a `members` axis); rows must divide evenly."""
+        if self.mode == "pmap":
+            n = len(self.local_devices)
+            split = {k: v.reshape((n, v.shape[0] // n, *v.shape[1:])) for k, v in arrays.items()}
+            return jax.device_put(split, self._stacked())
+        sharding = NamedSharding(self.mesh, P(AXIS))
+        return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx]) for k, v in arrays.items()}
+
+    def compile_call(self, call: Callable, data_spec: P) -> Callable:
+        """Compile `call(state, window, data, key) -> (state, window)`, written per device; the state and the
+        window (per-member like the state) are donated, `data` is laid out as `data_spec` (pmap: axis 0)."""
+        if self.mode == "pmap":
+            return jax.pmap(call, axis_name=AXIS, in_axes=(0, 0, 0, None), donate_argnums=(0, 1), devices=self.local_devices)
+        specs = (self.state_spec, self.state_spec, data_spec, P())
+        mapped = jax.shard_map(call, mesh=self.mesh, in_specs=specs, out_specs=(self.state_spec, self.state_spec), check_vma=False)
+        return jax.jit(mapped, donate_argnums=(0, 1))
+
+    def steps_batch_spec(self) -> P:
+        """The layout of K stacked batches (K, batch...): the batch layout behind a replicated steps axis."""
+        return P(None, *self.batch_spec)
+
+    def put_batches(self, local_batches: Any) -> Any:
+        """Like `put_batch` for this process's K stacked batches (K, local batch, ...)."""
+        if self.mode == "pmap":
+            n = len(self.local_devices)
+            split = jax.tree.map(lambda x: np.swapaxes(x.reshape((x.shape[0], n, x.shape[1] // n, *x.shape[2:])), 0, 1), local_batches)
+            return jax.device_put(split, self._stacked())
+        sharding = NamedSharding(self.mesh, self.steps_batch_spec())
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batches)
+
+    def logical_shapes(self, shapes: Any) -> Any:
+        """`jax.eval_shape` results of a compiled step as one logical copy (pmap's have a device axis first)."""
+        if self.mode == "pmap":
+            return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), shapes)
+        return shapes
 
     def metrics(self, metrics: Any) -> Any:
         """Metrics as one logical copy (pmap returns one per device, all equal after pmean)."""

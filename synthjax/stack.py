@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from synthjax.data import on_device
 from synthjax.errors import UserError
 from synthjax.parallel import member_block
 from synthjax.trainers.base import all_finite
@@ -120,6 +121,21 @@ class Stack:
         if self.size == 1:
             return tuple(per_member[0])
         return tuple(jnp.stack([k[j] for k in per_member]) for j in range(4))
+
+    def data_keys(self, seeds: Sequence[int]) -> jax.Array:
+        """Keys of the members' on-device data order: each member's own, or the first seed's when they share one."""
+        if not self.per_member_batches:
+            return on_device.data_key(seeds[0])
+        return jnp.stack([on_device.data_key(s) for s in seeds])
+
+    def draw(self, dataset: on_device.DeviceDataset, state: Any, data_keys: jax.Array) -> dict:
+        """This device's batch of the next step, drawn from a split on the devices (per member: a member axis first)."""
+        if self.size == 1:
+            return dataset.draw(state.step, data_keys)
+        steps = _member_steps(state.members)
+        if not self.per_member_batches:  # every member reads the first member's order (all step together)
+            return dataset.draw(steps[0], data_keys)
+        return jax.vmap(dataset.draw)(steps, member_block(data_keys))
 
     def create_state(self, keys: jax.Array) -> Any:
         if self.size == 1:

@@ -22,7 +22,6 @@ Reliability contract (tested in tests/test_resume.py and friends):
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -33,16 +32,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import SingleDeviceSharding
+from jax.sharding import PartitionSpec as P, SingleDeviceSharding
 
+import synthjax.data
 from synthjax import config as config_lib
 from synthjax import images
+from synthjax import steps as steps_lib
+from synthjax.bench import bench_record
 from synthjax.checkpoint import Checkpointer
-from synthjax.data import build_pipeline, get_source, prefetch_to_device
+from synthjax.data import build_pipeline, get_source, on_device
 from synthjax.errors import UserError
 from synthjax.evaluate import periodic_evaluator
 from synthjax.models import formulations
-from synthjax.parallel import DataParallel, make_mesh
+from synthjax.parallel import AXIS, DataParallel, make_mesh
 from synthjax.stack import NONFINITE, Stack, guard_nonfinite, stack_configs  # noqa: F401  (guard_nonfinite: re-exported for bench)
 from synthjax.trainers import build_trainer
 
@@ -56,64 +58,6 @@ BARRIER_TIMEOUT_S = 3600  # how long processes wait for each other to compile (b
 
 class Diverged(UserError):
     """Training produced a non-finite loss or gradient and the policy is 'halt'."""
-
-
-class MetricWindow:
-    """One member's per-step metrics since its last log line, on the host.
-
-    The values are saved in checkpoints, so a resumed run averages exactly
-    the same numbers into its next log line as an uninterrupted one.
-    """
-
-    def __init__(self, host: list | None = None):
-        self.host: list[tuple[int, dict[str, float]]] = [(s, m) for s, m in (host or [])]
-
-    def first_nonfinite(self) -> tuple[int, dict[str, float]] | None:
-        """(step, metrics) of the first step flagged non-finite, if any."""
-        return next(((s, m) for s, m in self.host if m.get(NONFINITE, 0.0) > 0), None)
-
-    def summary(self) -> dict[str, float]:
-        """Means over the steps whose update was applied, plus `skipped`: how many were dropped."""
-        good = [m for _, m in self.host if m.get(NONFINITE, 0.0) == 0]
-        keys = sorted({k for m in good for k in m} - {NONFINITE})
-        out = {k: float(np.mean([m[k] for m in good])) for k in keys}
-        out["skipped"] = len(self.host) - len(good)
-        return out
-
-    def clear(self) -> None:
-        self.host = []
-
-    def to_meta(self) -> list:
-        """JSON-safe host values (a skipped step keeps only its flag: its losses are NaN)."""
-        return [[s, m if m.get(NONFINITE, 0.0) == 0 else {NONFINITE: 1.0}] for s, m in self.host]
-
-
-class StackWindows:
-    """Every member's MetricWindow, filled from the stacked device metrics in one transfer at logging cadence."""
-
-    def __init__(self, stack: Stack, saved: list | None):
-        self.stack = stack
-        # A single run's checkpoint holds one window; a stack's, one per member.
-        saved = [saved] if stack.size == 1 else (saved or [None] * stack.size)
-        self.members = [MetricWindow(h) for h in saved]
-        self.device: list[tuple[int, Any]] = []
-
-    def add(self, step: int, metrics: Any) -> None:
-        self.device.append((step, metrics))
-
-    def sync(self, dp: DataParallel) -> None:
-        """Fetch the pending device metrics (one host sync) into the members' windows."""
-        if not self.device:
-            return
-        fetched = jax.device_get([dp.metrics(m) for _, m in self.device])
-        for (step, _), metrics in zip(self.device, fetched):
-            for i, window in enumerate(self.members):
-                window.host.append((step, self.stack.member_metrics(metrics, i)))
-        self.device = []
-
-    def to_meta(self) -> list:
-        metas = [w.to_meta() for w in self.members]
-        return metas[0] if self.stack.size == 1 else metas
 
 
 class StackData:
@@ -520,26 +464,37 @@ class BestCheckpoint:
         self.checkpointer.close()
 
 
+ON_DEVICE = {"on_device": True}  # a checkpoint's data position when the split is on the devices: the step is the position
+
+
 class StackRun:
     """One training run of a stack: its state, data, writers and the cadences of the loop.
 
     Talks to the model only through the Stack's trainer interface
-    (create_state, train_step, eval_step, sample).
+    (create_state, train_step, eval_step, sample). The loop dispatches one
+    compiled call per `train.steps_per_call` steps (synthjax/steps.py), cut
+    short where a cadence (logging, evaluation, grids, checkpoints) falls.
     """
 
     def __init__(self, configs, workdir, names, dp, stack, source):
         self.configs, self.workdir, self.names, self.dp, self.stack = configs, workdir, names, dp, stack
+        self.image_shape = source.image_shape
         self.t = t = configs[0].train
         self.is_main = jax.process_index() == 0
         d = configs[0].data
-        self.pipeline = stack_data(source, configs, stack, 0, d.num_threads, d.prefetch)
+        self.checkpointer = Checkpointer(workdir, keep=t.keep)
+        held = data_on_device(d.on_device, source, dp, self.checkpointer)
+        # The training split: on the devices, each step drawing its batch there, or read by the grain pipeline.
+        self.dataset = on_device.place(source, dp, t.batch_size, stack.preprocess) if held else None
+        self.pipeline = None if held else stack_data(source, configs, stack, 0, d.num_threads, d.prefetch)
+        self.data_keys = stack.data_keys([c.seed for c in configs])
         # Held out: eval_step batches come from data.eval_split ('test'), never from the training images.
         self.eval_pipeline = stack_data(get_source(d, d.eval_split), configs, stack, 7919, 0, 2)
         init_keys, self.step_keys, self.eval_keys, self.grid_keys = stack.keys([c.seed for c in configs])
-        self.checkpointer = Checkpointer(workdir, keep=t.keep)
+        self.steps_per_call = resolve_steps_per_call(t.steps_per_call, dp)
+        self.calls: dict[int, Callable] = {}
         self._restore(init_keys)
         self.writer = MetricWriter(workdir, self.is_main, self.start, names)
-        self.step_fn = dp.compile_step(stack.train_step)
         self.eval_fn = dp.compile_eval(stack.eval_step)
         self.sample_fn = jax.jit(stack.sample, static_argnums=2)
         self.eval_start = self.eval_pipeline.get_state()  # every evaluation reads the same batches: comparable, exact on resume
@@ -561,11 +516,44 @@ class StackRun:
             if meta.get("family", self.stack.family) != self.stack.family:
                 raise UserError(f"the checkpoint in {self.checkpointer.directory} is a {meta['family']!r} model, "
                                 f"not {self.stack.family!r}; use a new --workdir")
-            self.pipeline.set_state(meta["data"])
+            if self.pipeline is not None:
+                self.pipeline.set_state(meta["data"])
             saved = meta.get("window")
             print(f"synthjax: resuming {self.workdir} from step {self.start}")
         self.state = self.dp.put_state(state)
-        self.windows = StackWindows(self.stack, saved)
+        self.empty_window = steps_lib.empty_window(self._metric_shapes())
+        self.window = self.dp.put_state(steps_lib.restore_window(saved, self.empty_window, self.stack.size))
+
+    def _metric_shapes(self) -> dict:
+        """Shapes of one step's metrics (per member in a stack), traced without running anything."""
+        data, draw = self._data_for(1), self._draw()
+        spec = P(AXIS) if draw else self.dp.steps_batch_spec()
+        step = lambda st, d, key: self.stack.train_step(st, draw(d, st) if draw else jax.tree.map(lambda x: x[0], d), key)
+        shapes = jax.eval_shape(self.dp.compile_step(step, donate_state=False, batch_spec=spec), self.state, data, self.step_keys)
+        return self.dp.logical_shapes(shapes[1])
+
+    def _draw(self) -> Callable | None:
+        """How a step draws its batch from the split on the devices (None: batches come from the host)."""
+        if self.dataset is None:
+            return None
+        return lambda dataset, state: self.stack.draw(dataset, state, self.data_keys)
+
+    def _data_for(self, k: int) -> Any:
+        """The data argument of a call of k steps: the split on the devices, or k stacked host batches
+        (read without moving the pipeline when it is only for tracing)."""
+        if self.dataset is not None:
+            return self.dataset
+        before = self.pipeline.get_state()
+        batches = [next(self.pipeline) for _ in range(k)]
+        self.pipeline.set_state(before)
+        return self.dp.put_batches(jax.tree.map(lambda *xs: np.stack(xs), *batches))
+
+    def call(self, k: int) -> Callable:
+        """The compiled call of k steps (a few distinct k per run: K, and shorter ones where cadences cut in)."""
+        if k not in self.calls:
+            spec = P(AXIS) if self.dataset is not None else self.dp.steps_batch_spec()
+            self.calls[k] = self.dp.compile_call(steps_lib.scan_call(self.stack.train_step, self._draw(), k), spec)
+        return self.calls[k]
 
     def close(self) -> None:
         self.checkpointer.close()  # waits for an async save in flight, so the last checkpoint is complete
@@ -580,33 +568,52 @@ class StackRun:
 
     # ---- the loop
 
+    def cadences(self) -> list[int]:
+        """Every how many steps the loop must stop to log, evaluate, draw grids or checkpoint."""
+        t = self.t
+        every = [t.log_every, t.ckpt_every, t.sample_every, t.eval_every]
+        if self.sample_evals[0] is not None:
+            every.append(self.sample_evals[0].every)
+        return [e for e in every if e]
+
     def train(self) -> list[dict[str, Any]]:
         """Steps `start+1 .. num_steps` with logging, evaluation, grids and checkpoints at their cadences."""
         t = self.t
         os.makedirs(os.path.join(self.workdir, "samples"), exist_ok=True)
-        batches = self._warm_batches()
+        sizes = call_sizes(self.start, t.num_steps, self.steps_per_call, self.cadences())
+        feed = synthjax.data.feed_calls(self._next_call_data, sizes, depth=2)
+        self._warm_up(sizes)
         self.scalars = [{} for _ in range(self.stack.size)]
         progress = ProgressBar(self.start, t.num_steps, t.progress and self.is_main)
         self.t0 = self.t_log = time.perf_counter()
         step = self.step_log = self.start
-        for step in range(self.start + 1, t.num_steps + 1):
-            batch, data_state = next(batches)
-            self.state, metrics = self.step_fn(self.state, batch, self.step_keys)
-            self.windows.add(step, metrics)
+        for k, (data, data_state) in zip(sizes, feed):
+            self.state, self.window = self.call(k)(self.state, self.window, data, self.step_keys)
+            step += k
             self._at_cadences(step, data_state, progress)
         progress.close()
         return self._finish(step, time.perf_counter() - self.t0)
 
-    def _warm_batches(self):
-        batches = prefetch_to_device(self.pipeline, self.dp.put_batch)
-        if self.start >= self.t.num_steps:
-            return batches
-        first = next(batches)
+    def _next_call_data(self, k: int) -> tuple[Any, Any]:
+        """(data argument, data state after it) of the next call of k steps."""
+        if self.dataset is not None:
+            return self.dataset, ON_DEVICE
+        batches = [next(self.pipeline) for _ in range(k)]
+        return self.dp.put_batches(jax.tree.map(lambda *xs: np.stack(xs), *batches)), self.pipeline.get_state()
+
+    def _warm_up(self, sizes: list[int]) -> None:
+        """Compile every call size the run will use, the eval step and the sampler before the first step."""
+        if not sizes:
+            return
+        before = self.eval_pipeline.get_state()
+        eval_batch = self.dp.put_batch(next(self.eval_pipeline))
+        self.eval_pipeline.set_state(before)
+        programs = [(self.call(k), (self.state, self.window, self._data_for(k), self.step_keys)) for k in sorted(set(sizes))]
+        programs.append((self.eval_fn, (self.state, eval_batch, self.eval_keys)))
         sample_state = self.member_state(0)
-        warm_up(self.dp, [(self.step_fn, (self.state, first[0], self.step_keys)), (self.eval_fn, (self.state, first[0], self.eval_keys))],
+        warm_up(self.dp, programs,
                 lambda: self.sample_fn.lower(sample_state, self.stack.member(self.grid_keys, 0), self.t.num_grid).compile(),
                 self.is_main)
-        return itertools.chain([first], batches)
 
     def _at_cadences(self, step: int, data_state, progress) -> None:
         t = self.t
@@ -633,39 +640,43 @@ class StackRun:
         """Evaluation results to the logs, and to the best checkpoint when asked (train.keep_best)."""
         self._write_members(step, values)
         if self.best is not None:
-            meta = {"data": data_state, "step": step, "family": self.stack.family, "window": []}
+            meta = {"data": data_state, "step": step, "family": self.stack.family, "window": None}
             self.best.offer(step, values[0], self.dp.host_state(self.state), meta)
 
     def _log(self, step: int, progress) -> None:
-        self.check_finite(step)
-        for i, window in enumerate(self.windows.members):
-            self.scalars[i] = window.summary()
-            window.clear()
+        window = self.check_finite(step)
+        member = (lambda i: None) if self.stack.size == 1 else (lambda i: i)
+        self.scalars = [steps_lib.summary(window, member(i)) for i in range(self.stack.size)]
+        self.window = self.dp.put_state(self.empty_window)
         self._write_members(step, self.scalars)
         now = time.perf_counter()
         rate = (step - self.start) / (now - self.t0)
+        interval = (step - self.step_log) / (now - self.t_log)
+        images = self.t.batch_size * self.stack.size  # per step, summed over the members
         # since the (re)start, and over this log interval alone (what a throughput comparison wants)
-        self.writer.write_timing(step, {"steps_per_sec": rate, "interval_steps_per_sec": (step - self.step_log) / (now - self.t_log)})
+        self.writer.write_timing(step, {"steps_per_sec": rate, "interval_steps_per_sec": interval,
+                                        "images_per_sec": rate * images, "interval_images_per_sec": interval * images,
+                                        "seconds": now - self.t0})
         self.t_log, self.step_log = now, step
-        progress.update(step, {**self.scalars[0], "steps_per_sec": rate})
+        progress.update(step, {**self.scalars[0], "img/s": interval * images})
 
     def _checkpoint(self, step: int, data_state) -> None:
-        self.check_finite(step)  # never checkpoint a state that went non-finite since the last check
-        meta = {"data": data_state, "step": step, "family": self.stack.family, "window": self.windows.to_meta()}
+        window = self.check_finite(step)  # never checkpoint a state that went non-finite since the last check
+        meta = {"data": data_state, "step": step, "family": self.stack.family, "window": window}
         self.checkpointer.save(step, self.dp.host_state(self.state), meta)
         self.last_good = step
 
-    def check_finite(self, step: int) -> None:
-        """Fetch the pending metrics; under 'halt', stop a single run that went non-finite, report each
-        member of a stack that diverged (frozen inside the step) and stop when all of them have."""
-        self.windows.sync(self.dp)
+    def check_finite(self, step: int) -> dict:
+        """Fetch the metric window (JSON-safe); under 'halt', stop a single run that went non-finite, report
+        each member of a stack that diverged (frozen inside the step) and stop when all of them have."""
+        window = steps_lib.to_host(jax.device_get(self.dp.metrics(self.window)))
         if self.t.on_nonfinite != "halt":
-            return
+            return window
         if self.stack.size == 1:
-            bad = self.windows.members[0].first_nonfinite()
+            bad = steps_lib.first_nonfinite(window)
             if bad is not None:
                 raise Diverged(divergence_message(step, bad, self.last_good, self.checkpointer.directory))
-            return
+            return window
         diverged = self.stack.diverged(self.state)
         for i in sorted(set(diverged) - self.reported):
             print(f"synthjax: member {i} ({self.names[i]}) diverged at step {diverged[i]}: frozen (its updates are "
@@ -673,6 +684,7 @@ class StackRun:
         self.reported |= set(diverged)
         if len(diverged) == self.stack.size:
             raise Diverged(all_diverged_message(step, diverged, self.names, self.last_good, self.checkpointer.directory))
+        return window
 
     def run_eval(self) -> list[dict[str, Any]]:
         """Each member's eval_step metrics on the held-out split, which the rows name (eval/split)."""
@@ -703,14 +715,66 @@ class StackRun:
         diverged = self.stack.diverged(self.state)
         extra = [{"diverged_at": diverged.get(i, 0)} if self.stack.size > 1 else {} for i in range(self.stack.size)]
         summaries = [{**sc, **ev, **ex, "step": step, "seconds": elapsed} for sc, ev, ex in zip(self.scalars, final_eval, extra)]
-        rate = f"{done / elapsed:.2f} steps/s" if done and elapsed > 0 else "no new steps"
-        losses = ", ".join(f"{k}={v:.4g}" for k, v in final_eval[0].items() if not isinstance(v, str))
         if self.is_main:
             c = self.configs[0]
             who = f"{self.stack.size} members, step" if self.stack.size > 1 else "step"
-            print(f"synthjax: {c.model.family}/{c.model.arch} {who} {step}/{self.t.num_steps} ({rate}); {losses}; "
-                  f"grid {grids[0]}; checkpoints {self.checkpointer.directory}")
+            losses = ", ".join(f"{k}={v:.4g}" for k, v in final_eval[0].items() if not isinstance(v, str))
+            print(f"synthjax: {c.model.family}/{c.model.arch} {who} {step}/{self.t.num_steps} ({self._rate(done, elapsed)}); "
+                  f"{losses}; grid {grids[0]}; checkpoints {self.checkpointer.directory}")
         return summaries
+
+    def _rate(self, done: int, elapsed: float) -> str:
+        """The run's throughput, beside the benchmark's for this config on this machine when one was measured."""
+        if not done or elapsed <= 0:
+            return "no new steps"
+        images = done * self.t.batch_size * self.stack.size / elapsed
+        text = f"{done / elapsed:.2f} steps/s, {images:.0f} img/s"
+        bench = bench_record(self.configs[0], self.image_shape)
+        if bench:
+            text += f" (bench step: {bench['images_per_sec']:.0f} img/s, {bench['device']})"
+        return text
+
+
+def data_on_device(mode: str, source, dp: DataParallel, checkpointer: Checkpointer) -> bool:
+    """Whether this run holds its training split on the devices (`data.on_device`).
+
+    'auto' follows a checkpoint already in the workdir, so a run resumes with
+    the data order it started with; an explicit setting that contradicts it is refused.
+    """
+    held = on_device.wanted(mode, source, dp.data_shards)
+    last = checkpointer.latest_step()
+    if last is None:
+        return held
+    was = checkpointer.read_meta(last).get("data") == ON_DEVICE
+    if mode != "auto" and was != held:
+        how = ("on the devices (data.on_device='on')" if was else "by the grain pipeline (data.on_device='off')")
+        raise UserError(f"the checkpoint in {checkpointer.directory} read its data {how}, which fixes its data order; "
+                        f"resume with data.on_device='auto' or that setting, or use a new --workdir")
+    return was
+
+
+def resolve_steps_per_call(value: int, dp: DataParallel) -> int:
+    """`train.steps_per_call`: 0 picks the backend's default (STEPS_PER_CALL)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise UserError(f"train.steps_per_call must be a non-negative integer (0: the backend's default), got {value!r}")
+    k = value or STEPS_PER_CALL.get(jax.default_backend(), 1)
+    if k > 1 and dp.mode == "pmap":
+        raise UserError(f"train.steps_per_call={k} runs under train.parallel='shard_map' only; set train.steps_per_call=1 for pmap")
+    return k
+
+
+# Steps per compiled call when train.steps_per_call=0; docs/performance.md ("The loop") has the measurements.
+STEPS_PER_CALL = {"cpu": 1, "gpu": 8, "tpu": 8}
+
+
+def call_sizes(start: int, end: int, k: int, cadences: list[int]) -> list[int]:
+    """The loop's call lengths from step `start` to `end`: k steps, cut short at every multiple of a cadence."""
+    sizes, step = [], start
+    while step < end:
+        stop = min([end, step + k] + [(step // c + 1) * c for c in cadences])
+        sizes.append(stop - step)
+        step = stop
+    return sizes
 
 
 def all_diverged_message(step: int, diverged: dict[int, int], names: list[str], last_good: int | None, directory: str) -> str:

@@ -5,6 +5,6 @@
 a checkpointable iterator of per-process numpy batches.
 """
 from synthjax.data.sources import DataSource, bundled_split_indices, get_source, holdout_indices, load_bundled_mnist
-from synthjax.data.pipeline import Pipeline, build_pipeline, prefetch_to_device
+from synthjax.data.pipeline import Pipeline, build_pipeline, feed_calls
 
-__all__ = ["DataSource", "bundled_split_indices", "get_source", "holdout_indices", "load_bundled_mnist", "Pipeline", "build_pipeline", "prefetch_to_device"]
+__all__ = ["DataSource", "bundled_split_indices", "get_source", "holdout_indices", "load_bundled_mnist", "Pipeline", "build_pipeline", "feed_calls"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import grain
 import numpy as np
@@ -103,21 +103,24 @@ def build_pipeline(
     return Pipeline(iter(ds.to_iter_dataset(read)), per_process)
 
 
-def prefetch_to_device(pipeline: Pipeline, put: Callable[[dict], Any], size: int = 2) -> Iterator[tuple[Any, dict]]:
-    """Yield `(device_batch, state_after)` with `size` batches already transferred.
+def feed_calls(next_call: Callable[[int], Any], sizes: Iterable[int], depth: int = 2) -> Iterator[Any]:
+    """Yield `next_call(k)` for each call size k of the loop, `depth` calls ahead.
 
-    The data state travels with each batch: it is the pipeline position just
-    after that batch, which is what a checkpoint taken after consuming it must
-    hold (the pipeline itself has run ahead by the prefetch depth).
+    The training loop's data feed: `next_call` reads and transfers the
+    batches of one compiled call (k steps) and returns them with the data
+    state just after them, which is what a checkpoint taken after that call
+    must hold (the pipeline itself has run ahead by the prefetch depth).
     """
+    sizes = iter(sizes)
     queue: collections.deque = collections.deque()
 
     def enqueue() -> None:
-        batch = next(pipeline)
-        queue.append((put(batch), pipeline.get_state()))
+        k = next(sizes, None)
+        if k is not None:
+            queue.append(next_call(k))
 
-    for _ in range(size):
+    for _ in range(depth):
         enqueue()
-    while True:
+    while queue:
         enqueue()
         yield queue.popleft()

@@ -30,7 +30,7 @@ if __name__ == "__main__":
     # anything that touches a JAX backend) before train.py calls jax.distributed.initialize.
     import synthjax.data
 
-    synthjax.data.prefetch_to_device = slowed(synthjax.data.prefetch_to_device, delay)
+    synthjax.data.feed_calls = slowed(synthjax.data.feed_calls, delay)
     if sys.argv[1] == "-m":  # a module entry point, e.g. synthjax.sweep
         module = sys.argv.pop(2)
         sys.argv.pop(1)
