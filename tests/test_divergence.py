@@ -34,12 +34,17 @@ def log_lines(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def test_halt_names_the_step_and_loss_and_keeps_the_last_good_checkpoint(monkeypatch, tmp_path):
+# K steps per compiled call: calls are cut at the cadences, so detection and the counts are the same for any K.
+STEPS_PER_CALL = pytest.mark.parametrize("k", [1, 5], ids=lambda k: f"K={k}")
+
+
+@STEPS_PER_CALL
+def test_halt_names_the_step_and_loss_and_keeps_the_last_good_checkpoint(monkeypatch, tmp_path, k):
     bad_step = 5  # between checkpoints 3 and 6; found by the check that precedes saving 6
     poison(monkeypatch, {bad_step})
     workdir = str(tmp_path)
     with pytest.raises(Diverged) as info:
-        train_and_evaluate(load_config(runs.config_path("vae_mlp.py:smoke"), BASE), workdir)
+        train_and_evaluate(load_config(runs.config_path("vae_mlp.py:smoke"), [*BASE, f"train.steps_per_call={k}"]), workdir)
     message = str(info.value)
     assert f"diverged at step {bad_step} (detected at step 6)" in message
     assert "loss=nan" in message and "Last good checkpoint: step 3" in message and "left intact" in message
@@ -49,10 +54,11 @@ def test_halt_names_the_step_and_loss_and_keeps_the_last_good_checkpoint(monkeyp
     assert [r["step"] for r in log_lines(workdir)] == [4]
 
 
-def test_skip_drops_the_update_inside_the_step_and_counts_it(monkeypatch, tmp_path):
+@STEPS_PER_CALL
+def test_skip_drops_the_update_inside_the_step_and_counts_it(monkeypatch, tmp_path, k):
     poison(monkeypatch, {4, 5, 6})
     workdir = str(tmp_path)
-    train_and_evaluate(load_config(runs.config_path("vae_mlp.py:smoke"), [*BASE, "train.on_nonfinite=skip"]), workdir)
+    train_and_evaluate(load_config(runs.config_path("vae_mlp.py:smoke"), [*BASE, "train.on_nonfinite=skip", f"train.steps_per_call={k}"]), workdir)
     lines = [r for r in log_lines(workdir) if "skipped" in r]
     assert [(r["step"], r["skipped"]) for r in lines] == [(4, 1), (8, 2), (12, 0)]
     assert all(np.isfinite(v) for r in lines for v in r.values())  # means over the applied steps only

@@ -37,13 +37,29 @@ def read(path: str) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: os.path.basename(c).split(".")[0])
 def test_run_killed_between_checkpoints_resumes_bit_exact(config, tmp_path):
+    kill_and_resume(config, tmp_path, OVERRIDES)
+
+
+# The loop's other paths: K steps per compiled call (cut at the cadences), and the host (grain) pipeline
+# instead of the split on the devices, whose position is saved in the checkpoint.
+LOOP_PATHS = {"K=3": ("--config.train.steps_per_call=3",), "grain,K=2": ("--config.train.steps_per_call=2", "--config.data.on_device=off")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", LOOP_PATHS)
+def test_loop_paths_resume_bit_exact(path, tmp_path):
+    kill_and_resume("vae_mlp.py:smoke", tmp_path, (*OVERRIDES, *LOOP_PATHS[path]))
+
+
+def kill_and_resume(config: str, tmp_path, overrides: tuple[str, ...]) -> None:
+    """Run `config` to the end; run it again, SIGKILL it between checkpoints, rerun it; both must agree bit for bit."""
     ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
-    result = runs.run(runs.train_args(config, ref, *OVERRIDES))
+    result = runs.run(runs.train_args(config, ref, *overrides))
     assert result.returncode == 0, result.stderr[-3000:]
 
     seed = random.randrange(2**32)
     log = str(tmp_path / "cut.log")
-    proc = runs.start(runs.train_args(config, cut, *OVERRIDES, delay=STEP_DELAY), log=log)
+    proc = runs.start(runs.train_args(config, cut, *overrides, delay=STEP_DELAY), log=log)
     try:
         runs.wait_for(lambda: runs.committed_steps(cut), [proc], 240, "the first checkpoint")
         time.sleep(random.Random(seed).uniform(0, 4 * STEP_DELAY))  # somewhere in steps 3..7
@@ -53,7 +69,7 @@ def test_run_killed_between_checkpoints_resumes_bit_exact(config, tmp_path):
     survived = runs.committed_steps(cut)
     assert survived and max(survived) < NUM_STEPS, f"kill (seed {seed}) must land before the end; left {survived}"
 
-    resumed = runs.run(runs.train_args(config, cut, *OVERRIDES))
+    resumed = runs.run(runs.train_args(config, cut, *overrides))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming {cut} from step {max(survived)}" in resumed.stdout
     runs.assert_bitwise_equal(runs.read_state(ref, NUM_STEPS), runs.read_state(cut, NUM_STEPS))
