@@ -2,6 +2,7 @@
 
     python -m synthjax.bench --workload dcgan28 --batch-size 128 --steps 200 [--dtype bfloat16] [--json]
     python -m synthjax.bench --workload dcgan28 --members 8 --steps 10 --json   # a stack vs. its members one by one
+    python -m synthjax.bench --workload dcgan --loop --json   # the whole training loop vs. the bench step
 
 Workloads are the reference ones of the benchmark spec (dcgan28, dcgan64,
 vae_mlp) plus each model family's default config (any `configs/<name>.py`,
@@ -11,16 +12,19 @@ donated), so the figure measures the model and step, not the input pipeline.
 Prints one JSON line with the peer's keys (`images_per_sec`, `step_ms`,
 `warmup_s`) plus `compile_s`, `device`, `dtype`, the compiled step's device memory
 (`step_memory_bytes`: arguments + outputs + temporaries, donated state counted
-once) and, on GPUs, the allocator's peak.
+once) and, on GPUs, the allocator's peak. `--loop` runs the whole training
+loop instead and reports `loop_vs_bench` (docs/performance.md, "The loop").
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -269,18 +273,80 @@ def run_members(workload: str, batch_size: int, steps: int, members: int, dtype:
     }
 
 
+LOOP_DATA_IMAGES = 10_000  # a synthetic split for workloads whose image shape no offline dataset has
+
+
+def loop_data(config, image_shape: Sequence[int], directory: str) -> list[str]:
+    """Overrides that give the loop a training split of `image_shape`: the config's own data when it has that
+    shape, else random uint8 images in an npz (throughput does not depend on the pixels)."""
+    if config.data.name not in TFDS_DATASETS and tuple(get_source(config.data).image_shape) == tuple(image_shape):
+        return []
+    path = os.path.join(directory, "images.npz")
+    images = np.random.default_rng(0).integers(0, 256, (LOOP_DATA_IMAGES, *image_shape), dtype=np.uint8)
+    np.savez(path, images=images)
+    return ["data.name=npz", f"data.path={path}", f"data.image_size={image_shape[0]}"]
+
+
+def loop_round(config, workdir: str) -> dict:
+    """One `train_and_evaluate` run; its last timing row (throughput since the start, compile excluded)."""
+    from synthjax.train import train_and_evaluate  # synthjax.train reads bench records: import it only here
+
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON line
+        train_and_evaluate(config, workdir)
+    with open(os.path.join(workdir, "timing.jsonl")) as f:
+        return json.loads(f.read().splitlines()[-1])
+
+
+def run_loop(workload: str, batch_size: int, dtype: str = "float32", rounds: int = 3, overrides: Sequence[str] = (),
+             steps: int = 0) -> dict:
+    """The whole training loop against the bench step, in alternating rounds; medians of `rounds`.
+
+    Each round runs `train_and_evaluate` as `train.py` would (the config's
+    logging, grid and checkpoint cadences, its data path) for `steps` steps,
+    by default two checkpoint intervals so every cadence falls inside the
+    timed span; then times the bench step for as many steps.
+    """
+    config, image_shape = workload_config(workload, batch_size, dtype, overrides)
+    t = config.train
+    steps = steps or 2 * max(t.ckpt_every, t.sample_every, t.log_every)
+    prepared = prepare(workload, batch_size, dtype, overrides)
+    prepared.time(5)
+    loop, bench, rows = [], [], []
+    with tempfile.TemporaryDirectory(prefix="synthjax-loop-") as tmp:
+        data = loop_data(config, image_shape, tmp)
+        loop_config = workload_config(workload, batch_size, dtype, [*overrides, *data, f"train.num_steps={steps}"])[0]
+        for r in range(rounds):
+            rows.append(loop_round(loop_config, os.path.join(tmp, f"round{r}")))
+            loop.append(rows[-1]["images_per_sec"])
+            bench.append(batch_size * steps / prepared.time(steps)[0])
+    return {
+        "framework": "synthjax", "version": jax.__version__, "workload": workload, "batch_size": batch_size,
+        "steps": steps, "rounds": rounds, "loop_images_per_sec": float(np.median(loop)),
+        "bench_images_per_sec": float(np.median(bench)),
+        "loop_vs_bench": float(np.median(np.asarray(loop) / np.asarray(bench))),
+        "rounds_loop_images_per_sec": loop, "rounds_bench_images_per_sec": bench,
+        "steps_per_call": rows[-1]["steps_per_call"], "data_on_device": rows[-1]["data_on_device"],
+        "synthetic_data": bool(data), "cadences": {k: t[k] for k in ("log_every", "sample_every", "ckpt_every", "eval_every")},
+        "device": device_name(), "num_devices": prepared.num_devices, "dtype": dtype, "overrides": list(overrides),
+    }
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", default="dcgan28")
     p.add_argument("--batch-size", type=int, default=0,
                    help="default: 128 for the reference workloads, the config's own for a config name")
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 200)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, the same as --config.KEY=VALUE or --config.KEY VALUE (repeatable)")
     p.add_argument("--members", type=int, default=0,
                    help="time a stack of this many members against them run one by one (speedup_vs_sequential)")
+    p.add_argument("--loop", action="store_true",
+                   help="time train_and_evaluate (logging, grids, checkpoints at the config's cadences) against the "
+                        "bench step: loop_vs_bench; --steps 0 (default in this mode): two checkpoint intervals")
+    p.add_argument("--rounds", type=int, default=3, help="--loop/--members: alternating rounds (the median counts)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     try:
         rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
@@ -288,10 +354,18 @@ def main(argv=None) -> None:
         p.error(str(e))
     a = p.parse_args(rest)
     a.set = [*a.set, *overrides]
+    a.steps_given, a.steps = a.steps is not None, 200 if a.steps is None else a.steps
     a.batch_size = cli_batch_size(a.workload, a.batch_size)
     tuning.apply(workload_config(a.workload, a.batch_size, a.dtype, a.set)[0].train.cpu_allocator)
+    if a.loop:
+        result = run_loop(a.workload, a.batch_size, a.dtype, a.rounds, a.set, steps=a.steps if a.steps_given else 0)
+        if not a.json:
+            print(f"{a.workload} b{a.batch_size} loop on {result['device']}: {result['loop_images_per_sec']:.1f} img/s, "
+                  f"bench step {result['bench_images_per_sec']:.1f} img/s ({result['loop_vs_bench']:.2f}x)")
+        print(json.dumps(result))
+        return
     if a.members:
-        result = run_members(a.workload, a.batch_size, a.steps, a.members, a.dtype, min(a.warmup, 2), overrides=a.set)
+        result = run_members(a.workload, a.batch_size, a.steps, a.members, a.dtype, min(a.warmup, 2), a.rounds, overrides=a.set)
         if not a.json:
             print(f"{a.workload} b{a.batch_size} x{a.members} members on {result['device']}: {result['images_per_sec']:.1f} img/s "
                   f"stacked, {result['sequential_images_per_sec']:.1f} sequential ({result['speedup_vs_sequential']:.2f}x)")

@@ -493,6 +493,10 @@ class StackRun:
         init_keys, self.step_keys, self.eval_keys, self.grid_keys = stack.keys([c.seed for c in configs])
         self.steps_per_call = resolve_steps_per_call(t.steps_per_call, dp)
         self.calls: dict[int, Callable] = {}
+        if self.is_main:
+            where = (f"on the devices ({on_device.split_bytes(source) / dp.data_shards / 2**20:.1f} MiB each)" if held
+                     else "from the grain pipeline")
+            print(f"synthjax: training data {where}; {self.steps_per_call} step(s) per compiled call")
         self._restore(init_keys)
         self.writer = MetricWriter(workdir, self.is_main, self.start, names)
         self.eval_fn = dp.compile_eval(stack.eval_step)
@@ -656,7 +660,8 @@ class StackRun:
         # since the (re)start, and over this log interval alone (what a throughput comparison wants)
         self.writer.write_timing(step, {"steps_per_sec": rate, "interval_steps_per_sec": interval,
                                         "images_per_sec": rate * images, "interval_images_per_sec": interval * images,
-                                        "seconds": now - self.t0})
+                                        "seconds": now - self.t0, "steps_per_call": self.steps_per_call,
+                                        "data_on_device": self.dataset is not None})
         self.t_log, self.step_log = now, step
         progress.update(step, {**self.scalars[0], "img/s": interval * images})
 

@@ -8,13 +8,14 @@ import sys
 import jax
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from synthjax import sweep
 from synthjax.checkpoint import Checkpointer
 from synthjax.config import load_config
-from synthjax.data import build_pipeline, get_source
+from synthjax.data import build_pipeline, get_source, on_device
 from synthjax.errors import UserError
-from synthjax.parallel import DataParallel, make_mesh
+from synthjax.parallel import AXIS, DataParallel, make_mesh
 from synthjax.stack import Stack, StackState, stack_trees
 from synthjax.trainers import build_trainer
 
@@ -75,18 +76,20 @@ def _rows(path):
 
 
 def _manual_losses(overrides, data_seed, steps):
-    """Per-step losses of one member trained alone by its plain step on the data of `data_seed`, keys as train.py derives them."""
+    """Per-step losses of one member trained alone by its plain step on the data of `data_seed` (drawn from the
+    split on the devices, as the loop draws it), keys as train.py derives them."""
     config = load_config(VAE, [*SHORT, *overrides])
     source = get_source(config.data)
     trainer = build_trainer(config, source.image_shape, source.num_classes)
     dp = DataParallel("shard_map")
-    pipeline = build_pipeline(source, config.train.batch_size, data_seed, trainer.preprocess, num_threads=0)
+    dataset = on_device.place(source, dp, config.train.batch_size, trainer.preprocess)
+    data_key = on_device.data_key(data_seed)
     init_key, step_key, _, _ = jax.random.split(jax.random.key(config.seed), 4)
     state = dp.put_state(jax.jit(trainer.create_state)(init_key))
-    step = dp.compile_step(trainer.train_step)
+    step = dp.compile_step(lambda st, ds, key: trainer.train_step(st, ds.draw(st.step, data_key), key), batch_spec=P(AXIS))
     losses = []
     for _ in range(steps):
-        state, metrics = step(state, dp.put_batch(next(pipeline)), step_key)
+        state, metrics = step(state, dataset, step_key)
         losses.append(float(dp.metrics(metrics)["loss"]))
     return losses
 

@@ -7,7 +7,8 @@ and each step draws its own batch, so the steady state has no host work.
 
 The order is a function of the seed and the step alone: global position
 `p = step * B + j` reads example `perm_e[p mod N]` of epoch `e = p // N`, where
-`perm_e` is a permutation drawn from `fold_in(data_key, e)`. So a resumed run
+`perm_e` is a pseudo-random permutation keyed by `fold_in(data_key, e)`
+(`permuted`: each entry computed on its own, so a step costs O(B), not O(N)). So a resumed run
 reads the same batches as an uninterrupted one (the step is in the state) and
 the batches do not depend on the device count. It is not the grain pipeline's
 order (a different generator): a run keeps one or the other (checked on resume).
@@ -66,11 +67,43 @@ def batch_indices(key: jax.Array, step: jax.Array, size: int, batch: int) -> jax
     step = step.astype(jnp.int32)
     # (step * batch) // size and its remainder without forming step * batch (int32 would overflow on long runs)
     q, r = step // size, step % size
-    epoch0 = q * batch + (r * batch) // size
     offset = (r * batch) % size + jnp.arange(batch)
-    epochs = (batch - 1) // size + 2  # how many epochs one batch can touch
-    perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), size))(epoch0 + jnp.arange(epochs))
-    return perms[offset // size, offset % size]
+    epoch = q * batch + (r * batch) // size + offset // size
+    return jax.vmap(lambda e, i: permuted(key, e, i, size))(epoch, offset % size)
+
+
+FEISTEL_ROUNDS = 6
+
+
+def permuted(key: jax.Array, epoch: jax.Array, position: jax.Array, size: int) -> jax.Array:
+    """Entry `position` of epoch `epoch`'s pseudo-random permutation of range(size), computed alone.
+
+    A Feistel network keyed by fold_in(key, epoch) permutes the smallest even
+    power of two >= size; cycle-walking (applying it again while the value is
+    out of range) restricts that to a permutation of range(size). Each batch
+    costs O(batch), where materialising the permutation (a sort of the whole
+    split) per step cost more than the step of a small model.
+    """
+    half = max(1, (int(size - 1).bit_length() + 1) // 2)
+    mask = jnp.uint32((1 << half) - 1)
+    round_keys = jax.random.bits(jax.random.fold_in(key, epoch), (FEISTEL_ROUNDS,), jnp.uint32)
+
+    def feistel(x):
+        left, right = x >> half, x & mask
+        for k in range(FEISTEL_ROUNDS):
+            left, right = right, left ^ (_mix(right ^ round_keys[k]) & mask)
+        return (left << half) | right
+
+    x = feistel(position.astype(jnp.uint32))
+    x = jax.lax.while_loop(lambda x: x >= size, feistel, x)
+    return x.astype(jnp.int32)
+
+
+def _mix(x: jax.Array) -> jax.Array:
+    """A 32-bit integer hash (murmur3's finaliser): the Feistel round function."""
+    x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
+    x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
 
 
 def gather_shard(block: jax.Array, index: jax.Array, dtype) -> jax.Array:
