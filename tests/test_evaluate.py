@@ -22,7 +22,7 @@ from synthjax.config import load_config
 from synthjax.data import bundled_split_indices, load_bundled_mnist
 from synthjax.errors import UserError
 from synthjax.metrics import classifier as clf
-from synthjax.metrics import frechet_distance, gaussian_stats, reference
+from synthjax.metrics import FeatureExtractor, InputSpec, frechet_distance, gaussian_stats, reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(num=200, num_ref=500)  # 200 > 129: enough for a non-singular 128-d FID covariance
@@ -299,3 +299,36 @@ def test_preset_run_end_to_end(gan_workdir, cache, capsys):
     config, trainer, state, _ = load_run(gan_workdir)
     host = ev.Evaluator(config, trainer, ev.EvalSettings(num=200, metrics=("fid",)), **QUIET)(state)
     assert host["fid"] == pytest.approx(saved["metrics"]["fid"], rel=1e-5)
+
+
+class _ChannelMeans(FeatureExtractor):
+    """RGB features of any size: per-channel means and one product, on the host (no device form)."""
+
+    def extract_batch(self, images):
+        x = np.asarray(images, np.float32) / 255.0
+        means = x.mean(axis=(1, 2))
+        return {"features": np.concatenate([means, means[:, :1] * means[:, 1:2]], axis=1), "logits": None}
+
+
+class _ChannelMeansOnDevice(_ChannelMeans):
+    def device_form(self):
+        def fn(scale, images):
+            means = images.astype(jax.numpy.float32).mean(axis=(1, 2)) / 255.0 * scale
+            return {"features": jax.numpy.concatenate([means, means[:, :1] * means[:, 1:2]], axis=1), "logits": None}
+
+        return fn, np.float32(1.0)
+
+
+@pytest.mark.parametrize("kind", [_ChannelMeans, _ChannelMeansOnDevice])
+def test_sample_features_of_other_extractors_match_the_host_path(gan_run, kind):
+    """Host fallback and a device form whose batch (30) does not divide the chunk; grey samples repeated to RGB."""
+    from synthjax.parallel import make_mesh
+    from synthjax.sample import generate, load_run
+    from synthjax.sample_features import SampleFeatures
+
+    _, trainer, state, _ = load_run(gan_run)
+    extractor = kind("channel-means", "none", InputSpec(channels=3), batch_size=30)
+    got = SampleFeatures(trainer, extractor, make_mesh(), chunk=100)(state, 150, 1)
+    want = extractor(ev.to_extractor_input(generate(trainer, state, 150, 1, batch=100), extractor))["features"]
+    assert set(got) == {"features", "stats"}
+    np.testing.assert_allclose(got["features"], want, rtol=1e-5, atol=1e-6)  # XLA sums the means in another order
