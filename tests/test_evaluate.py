@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import sys
 
 import jax
 import numpy as np
@@ -332,3 +333,29 @@ def test_sample_features_of_other_extractors_match_the_host_path(gan_run, kind):
     want = extractor(ev.to_extractor_input(generate(trainer, state, 150, 1, batch=100), extractor))["features"]
     assert set(got) == {"features", "stats"}
     np.testing.assert_allclose(got["features"], want, rtol=1e-5, atol=1e-6)  # XLA sums the means in another order
+
+
+@pytest.mark.slow  # two subprocesses: about 30 s on a 2-core CPU
+def test_two_processes_gather_the_statistics_of_one(gan_workdir, cache, tmp_path):
+    """Two evaluate processes with two CPU devices each, joined by jax.distributed: the FID and KID of one process
+    with four devices (each process draws its chunks; the features are gathered before the statistics)."""
+    import portpicker
+    from helpers import runs
+
+    argv = ["-m", "synthjax.evaluate", "--workdir", gan_workdir, "--preset", "fid10k", "--preset-num-samples", "2100"]
+    single = str(tmp_path / "single.json")
+    assert ev.main(argv[2:] + ["--out", single]) == 0
+    address, env = f"localhost:{portpicker.pick_unused_port()}", runs.jax_env(devices=2, SYNTHJAX_CACHE=str(cache))
+    procs = [runs.start([sys.executable, *argv, "--out", str(tmp_path / f"multi{i}.json"), "--coordinator-address",
+                         address, "--num-processes", "2", "--process-id", str(i)], env=env, log=str(tmp_path / f"multi{i}.log"))
+             for i in range(2)]
+    try:
+        for i, p in enumerate(procs):
+            assert p.wait(timeout=240) == 0, runs.tail(str(tmp_path / f"multi{i}.log"))
+    finally:
+        runs.sigkill(procs)  # never leave a partner blocked in a collective
+    assert not (tmp_path / "multi1.json").exists()  # process 0 writes eval.json
+    got, want = json.load(open(tmp_path / "multi0.json")), json.load(open(single))
+    assert (got["processes"], got["devices"], got["num_samples"]) == (2, 4, 2100)
+    for key in ("fid", "kid", "kid_std"):
+        assert got["metrics"][key] == pytest.approx(want["metrics"][key], rel=1e-5), key
