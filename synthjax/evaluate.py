@@ -506,6 +506,15 @@ def _settings_from_args(a: argparse.Namespace) -> EvalSettings:
     )
 
 
+def _join(address: str, num_processes: int | None, process_id: int | None) -> None:
+    """Join a multi-process evaluation (one command per process, as train.py's --coordinator_address)."""
+    try:
+        jax.distributed.initialize(address, num_processes, process_id)
+    except (ValueError, TypeError) as e:  # jax's checks of the settings, e.g. process_id >= num_processes
+        raise UserError(f"cannot join the multi-process evaluation ({e}); set --coordinator-address, "
+                        f"--num-processes and --process-id") from None
+
+
 def _fill_defaults(a: argparse.Namespace) -> None:
     """The defaults of the flags a preset can fix (None there, to tell 'not given' from 'given')."""
     for name, default in (("num", 10000), ("metrics", ""), ("split", ""), ("num_ref", 0), ("extractor", "mnist_classifier")):
@@ -550,15 +559,17 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(rest)
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     tuning.apply()
-    if a.coordinator_address:
-        jax.distributed.initialize(a.coordinator_address, a.num_processes, a.process_id)
     try:
+        if a.coordinator_address:
+            _join(a.coordinator_address, a.num_processes, a.process_id)
         preset = resolve_preset(a)
         _fill_defaults(a)
         result = evaluate_workdir(a.workdir, _settings_from_args(a), a.split, a.out, overrides=overrides, preset=preset)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if jax.process_index():
+        return 0  # process 0 reports and writes
     summary = ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items())
     out = a.out or Path(a.workdir) / "eval.json"
     print(f"synthjax.evaluate: step {result['step']}, {result['num_samples']} samples: {summary} -> {out}")
