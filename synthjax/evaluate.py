@@ -2,6 +2,7 @@
 
     python -m synthjax.evaluate --workdir runs/dcgan [--metrics fid,kid,is,pr,nll] [--num 10000]
         [--extractor mnist_classifier|inception] [--inception-weights PATH] [--iwae-k 1000] [--config.KEY VALUE ...]
+    python -m synthjax.evaluate --workdir runs/dcgan --preset fid10k|fid50k
 
 Held-out protocol: references and likelihoods come from the test split
 (`data.eval_split`, default 'test'; `--split` overrides it), never from the
@@ -18,6 +19,13 @@ the split they were measured on, sample count, extractor name and weights
 hash, checkpoint step and dataset. The default extractor is a small
 MNIST classifier trained into `$SYNTHJAX_CACHE` (or `~/.cache/synthjax`) on
 first use; see docs/metrics.md for what each number means and compares to.
+
+A preset (`PRESETS`) fixes the sample count (10,000 / 50,000), the metrics
+(fid, kid), the reference split (all of 'test') and, unless `--extractor`
+names one, picks Inception where its weights are, else the MNIST classifier;
+a flag that sets one of the fixed settings to another value is refused. The
+command draws samples and extracts their features on every device of every
+process (`synthjax.sample_features`); the numbers do not depend on how many.
 
 The same `Evaluator` runs inside training at `eval.every` steps
 (`periodic_evaluator`), logging `eval/fid` and friends, and `eval/split`, to metrics.jsonl.
@@ -38,6 +46,7 @@ from typing import Any, Callable, Sequence
 import jax
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
 from synthjax import config as config_lib
 from synthjax import tuning
@@ -55,6 +64,8 @@ from synthjax.metrics import (
 )
 from synthjax.metrics import classifier as classifier_lib
 from synthjax.metrics import reference
+from synthjax.parallel import make_mesh
+from synthjax.sample_features import SampleFeatures
 
 SAMPLE_METRICS = ("fid", "kid", "is", "pr")
 VALID_METRICS = (*SAMPLE_METRICS, "nll")
@@ -206,7 +217,7 @@ def sample_quality(metrics: tuple[str, ...], ref: reference.ReferenceStats, fake
     """FID / KID / IS / precision-recall of generated features `fake` against reference statistics."""
     feats, out = fake["features"], {}
     if "fid" in metrics:
-        out["fid"] = frechet_distance(ref.mu, ref.sigma, *gaussian_stats(feats))
+        out["fid"] = frechet_distance(ref.mu, ref.sigma, *(fake["stats"] if "stats" in fake else gaussian_stats(feats)))
     if "kid" in metrics:
         out["kid"], out["kid_std"] = kid(ref.features, feats, subset_size=min(KID_SUBSET, len(feats), ref.num), seed=seed)
     if "is" in metrics:
@@ -262,10 +273,13 @@ class Evaluator:
     makes successive evaluations differ only by the model.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, trainer, settings: EvalSettings, log: Callable[[str], None] = print):
+    def __init__(self, config: ml_collections.ConfigDict, trainer, settings: EvalSettings, log: Callable[[str], None] = print,
+                 mesh: Mesh | None = None):
         from synthjax.data import get_source
 
-        self.config, self.trainer, self.log = config, trainer, log
+        # With a mesh, samples are drawn and their features extracted over all its devices (the command);
+        # without, on this process's default device (the training loop evaluates a process-local copy).
+        self.config, self.trainer, self.log, self.mesh, self._spread = config, trainer, log, mesh, None
         self.settings = validate_settings(settings)
         self.metrics = self._resolve_metrics(settings.metrics)
         self.split = eval_split(config.data)
@@ -305,12 +319,21 @@ class Evaluator:
         chunks = [to_uint8(np.asarray(self._sample(state, jax.random.fold_in(key, i), batch))) for i in range(-(-s.num // batch))]
         return np.concatenate(chunks)[: s.num]
 
+    def sample_features(self, state: Any) -> dict:
+        """Features (and logits) of the `settings.num` samples `generate` draws: over the mesh when there is
+        one (plus their float64 `stats`), else extracted here from the generated images."""
+        s = self.settings
+        if self.mesh is None:
+            return self.extractor(to_extractor_input(self.generate(state), self.extractor))
+        if self._spread is None:
+            self._spread = SampleFeatures(self.trainer, self.extractor, self.mesh, SAMPLE_BATCH)
+        return self._spread(state, s.num, s.seed)
+
     def __call__(self, state: Any) -> dict[str, float]:
         """Metrics of `state` (host or replicated): fid, kid(_std), is(_std, _real), precision, recall, nll_nats, nll_bits_per_dim."""
         s, out = self.settings, {}
         if self.sample_metrics:
-            fake = self.generate(state)
-            out.update(sample_quality(self.sample_metrics, self.ref, self.extractor(to_extractor_input(fake, self.extractor)), s.seed))
+            out.update(sample_quality(self.sample_metrics, self.ref, self.sample_features(state), s.seed))
         if "nll" in self.metrics:
             out.update(self._nll(state))
         return out
@@ -380,29 +403,95 @@ def periodic_evaluator(config: ml_collections.ConfigDict, trainer, log: Callable
 
 def evaluate_workdir(
     workdir: str, settings: EvalSettings, split: str = "", out: str = "", log: Callable[[str], None] = print,
-    overrides: Sequence[str] = (),
+    overrides: Sequence[str] = (), preset: dict | None = None,
 ) -> dict:
     """Evaluate the latest checkpoint of `workdir` (its saved config with `overrides`) on `split` (default: the
-    run's data.eval_split, 'test'), write `out` (default `workdir/eval.json`) and return its contents."""
+    run's data.eval_split, 'test'), write `out` (default `workdir/eval.json`, from process 0) and return its
+    contents. Samples are drawn and their features extracted on all devices of all processes; `preset`
+    (from `resolve_preset`) is recorded."""
     from synthjax.sample import load_run
 
     t0 = time.perf_counter()
     config, trainer, state, step = load_run(workdir, overrides=overrides)
     if split:
         config.data.eval_split = split
-    evaluator = Evaluator(config, trainer, settings, log)
+    evaluator = Evaluator(config, trainer, settings, log, mesh=make_mesh())
     values = evaluator(state)
     result = {
         "workdir": os.path.abspath(workdir), "step": step, "model": f"{config.model.family}/{config.model.arch}",
         "dataset": dataset_description(config.data, evaluator.ref.num if evaluator.ref else 0),
-        "metrics": values, **evaluator.describe(),
+        "metrics": values, **evaluator.describe(), **({"preset": preset} if preset else {}),
+        "devices": jax.device_count(), "processes": jax.process_count(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": round(time.perf_counter() - t0, 1),
     }
-    path = Path(out or Path(workdir) / "eval.json")
+    if jax.process_index() == 0:
+        _write_json(Path(out or Path(workdir) / "eval.json"), result)
+    return result
+
+
+def _write_json(path: Path, result: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, path)
-    return result
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named protocol: how many samples, which metrics, which reference split (all of its images)."""
+
+    name: str
+    num: int
+    metrics: tuple[str, ...] = ("fid", "kid")  # KID: 100 subsets of 1000, seconds next to the sampling
+    split: str = "test"
+
+
+PRESETS = {p.name: p for p in (Preset("fid10k", 10000), Preset("fid50k", 50000))}
+
+
+def preset_extractor(a: argparse.Namespace) -> tuple[str, str]:
+    """(extractor, why) for a preset without --extractor: Inception where its weights are, else the MNIST classifier."""
+    if a.extractor:
+        return a.extractor, "--extractor"
+    if a.inception_weights:
+        return "inception", "--inception-weights"
+    if a.classifier_weights:
+        return "mnist_classifier", "--classifier-weights"
+    default = classifier_lib.cache_dir() / INCEPTION_FILE
+    if default.is_file():
+        return "inception", f"Inception weights at {default}"
+    return "mnist_classifier", f"no Inception weights at {default} (python -m synthjax.metrics.inception fetch makes them)"
+
+
+def resolve_preset(a: argparse.Namespace, log: Callable[[str], None] = print) -> dict | None:
+    """Fill `a`'s sample count, metrics, split and reference count from `a.preset` (in place) and return the
+    record for eval.json; a flag that sets one of them to another value raises. None without a preset."""
+    if not a.preset:
+        if a.preset_num_samples:
+            raise UserError("--preset-num-samples only shrinks a --preset (fid10k, fid50k) for smoke tests; use --num")
+        return None
+    if a.preset not in PRESETS:
+        raise UserError(f"unknown preset {a.preset!r} (--preset); valid: {', '.join(PRESETS)}")
+    p = PRESETS[a.preset]
+    fixed = {"num": p.num, "metrics": ",".join(p.metrics), "split": p.split, "num_ref": 0}
+    for name, value in fixed.items():
+        given = getattr(a, name)
+        same = given == value or (name == "metrics" and given is not None and set(parse_metrics(given)) == set(p.metrics))
+        if given is not None and not same:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} {given} conflicts with --preset {p.name}, which fixes {flag} {value}; "
+                            f"drop {flag}, or drop --preset to choose every setting yourself")
+        setattr(a, name, value)
+    a.extractor, why = preset_extractor(a)
+    record = {"name": p.name, "num_samples": p.num, "extractor": a.extractor}
+    if a.preset_num_samples:
+        a.num = record["reduced_num_samples"] = a.preset_num_samples
+        log(f"synthjax: --preset {p.name} with --preset-num-samples {a.num}: a smoke test, not a {p.name} figure")
+    log(f"synthjax: --preset {p.name}: {a.num} samples, metrics {','.join(p.metrics)}, all {p.split}-split "
+        f"references, extractor {a.extractor} ({why})")
+    return record
 
 
 def _settings_from_args(a: argparse.Namespace) -> EvalSettings:
@@ -417,24 +506,52 @@ def _settings_from_args(a: argparse.Namespace) -> EvalSettings:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: prints the metrics and the path of eval.json."""
-    from absl import logging
+def _join(address: str, num_processes: int | None, process_id: int | None) -> None:
+    """Join a multi-process evaluation (one command per process, as train.py's --coordinator_address)."""
+    try:
+        jax.distributed.initialize(address, num_processes, process_id)
+    except (ValueError, TypeError) as e:  # jax's checks of the settings, e.g. process_id >= num_processes
+        raise UserError(f"cannot join the multi-process evaluation ({e}); set --coordinator-address, "
+                        f"--num-processes and --process-id") from None
 
+
+def _fill_defaults(a: argparse.Namespace) -> None:
+    """The defaults of the flags a preset can fix (None there, to tell 'not given' from 'given')."""
+    for name, default in (("num", 10000), ("metrics", ""), ("split", ""), ("num_ref", 0), ("extractor", "mnist_classifier")):
+        if getattr(a, name) in (None, ""):
+            setattr(a, name, default)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command's flags (config overrides are split off before parsing)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True)
-    p.add_argument("--metrics", default="", help=f"comma-separated, of {','.join(VALID_METRICS)} (default: all the model supports)")
-    p.add_argument("--num", type=int, default=10000, help="generated samples")
-    p.add_argument("--extractor", default="mnist_classifier", help=f"one of {', '.join(EXTRACTORS)}")
+    p.add_argument("--preset", default="", help=f"one of {', '.join(PRESETS)}: fixes --num, --metrics fid,kid, --split test, "
+                   "--num-ref 0; extractor inception where its weights are, else mnist_classifier")
+    p.add_argument("--preset-num-samples", type=int, default=0, help=argparse.SUPPRESS)  # smoke tests of a preset
+    p.add_argument("--metrics", default=None, help=f"comma-separated, of {','.join(VALID_METRICS)} (default: all the model supports)")
+    p.add_argument("--num", type=int, default=None, help="generated samples (default 10000)")
+    p.add_argument("--extractor", default="", help=f"one of {', '.join(EXTRACTORS)} (default mnist_classifier)")
     p.add_argument("--inception-weights", default="", help=f"converted FID Inception npz (default $SYNTHJAX_CACHE/{INCEPTION_FILE})")
     p.add_argument("--classifier-weights", default="", help="classifier npz (default: trained into the cache on first use)")
     p.add_argument("--iwae-k", type=int, default=1000, help="importance samples per image for IWAE likelihoods")
     p.add_argument("--nll-num", type=int, default=1000, help="dataset images for the nll metric")
-    p.add_argument("--num-ref", type=int, default=0, help="reference images (0: the whole dataset)")
-    p.add_argument("--split", default="", help="dataset split for references and nll (default: the run's data.eval_split, 'test')")
+    p.add_argument("--num-ref", type=int, default=None, help="reference images (default 0: the whole dataset)")
+    p.add_argument("--split", default=None, help="dataset split for references and nll (default: the run's data.eval_split, 'test')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resize", default="pytorch_fid", help="Inception input resize: pytorch_fid (bilinear, as papers) or clean (clean-fid)")
     p.add_argument("--out", default="", help="result file (default WORKDIR/eval.json, replaced by each evaluation)")
+    p.add_argument("--coordinator-address", default="", help="host:port of process 0, to evaluate from several processes")
+    p.add_argument("--num-processes", type=int, default=None)
+    p.add_argument("--process-id", type=int, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: prints the metrics and the path of eval.json."""
+    from absl import logging
+
+    p = parser()
     try:
         rest, overrides = config_lib.split_overrides(sys.argv[1:] if argv is None else argv)
     except UserError as e:
@@ -443,10 +560,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     tuning.apply()
     try:
-        result = evaluate_workdir(a.workdir, _settings_from_args(a), a.split, a.out, overrides=overrides)
+        if a.coordinator_address:
+            _join(a.coordinator_address, a.num_processes, a.process_id)
+        preset = resolve_preset(a)
+        _fill_defaults(a)
+        result = evaluate_workdir(a.workdir, _settings_from_args(a), a.split, a.out, overrides=overrides, preset=preset)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if jax.process_index():
+        return 0  # process 0 reports and writes
     summary = ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items())
     out = a.out or Path(a.workdir) / "eval.json"
     print(f"synthjax.evaluate: step {result['step']}, {result['num_samples']} samples: {summary} -> {out}")

@@ -77,7 +77,7 @@ def load_run(workdir: str, checkpoint: str = "latest", member: str = "", overrid
     source = get_source(config.data)
     trainer = build_trainer(config, source.image_shape, source.num_classes)
     # Restore into shapes only: initialising a real state op by op costs seconds.
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this process's: every process restores
     shapes = jax.eval_shape(trainer.create_state, jax.random.key(0))
     members = stack_members(workdir)
     if members:

@@ -1,4 +1,5 @@
-"""synthjax.evaluate: eval.json from a smoke-trained GAN, periodic evaluation, the reference cache, VAE IWAE, errors.
+"""synthjax.evaluate: eval.json from a smoke-trained GAN, periodic evaluation, the reference cache, VAE IWAE, errors,
+the fid10k/fid50k presets, and sample features that are the same on 1 or 4 devices and 1 or 2 processes.
 
 One tiny classifier (a few steps) and one smoke DCGAN run (with periodic
 evaluation switched on) are built once per session under a file lock in the
@@ -12,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import sys
 
 import jax
 import numpy as np
@@ -22,7 +24,7 @@ from synthjax.config import load_config
 from synthjax.data import bundled_split_indices, load_bundled_mnist
 from synthjax.errors import UserError
 from synthjax.metrics import classifier as clf
-from synthjax.metrics import frechet_distance, gaussian_stats, reference
+from synthjax.metrics import FeatureExtractor, InputSpec, frechet_distance, gaussian_stats, reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(num=200, num_ref=500)  # 200 > 129: enough for a non-singular 128-d FID covariance
@@ -223,3 +225,138 @@ def test_nll_on_a_gan_and_bad_eval_config_are_user_errors(gan_workdir, capsys):
     config = load_config(os.path.join(REPO, "configs/dcgan.py:smoke"), ["eval.every=2", "eval.num=0"])
     with pytest.raises(UserError, match="eval.num must be an integer >= 1; got 0"):
         ev.periodic_evaluator(config, trainer=None)
+
+
+def test_sample_features_are_the_same_on_one_and_four_devices(gan_run, extractor):
+    from synthjax.parallel import make_mesh
+    from synthjax.sample import generate, load_run
+    from synthjax.sample_features import SampleFeatures
+
+    _, trainer, state, _ = load_run(gan_run)
+    assert jax.device_count() == 4
+    # 3 chunks of 100 (the last one short): three rounds on one device, one round with a padding chunk on four.
+    one, four = (SampleFeatures(trainer, extractor, make_mesh(jax.devices()[:n]), chunk=100)(state, 250, 0) for n in (1, 4))
+    assert one["features"].shape == four["features"].shape == (250, 128)
+    np.testing.assert_allclose(four["features"], one["features"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(four["logits"], one["logits"], rtol=1e-6, atol=1e-6)
+    for got, want in zip(four["stats"], one["stats"]):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    # ... and they are the features of the images synthjax.sample exports, with their float64 statistics.
+    host = extractor(generate(trainer, state, 250, 0, batch=100))["features"]
+    np.testing.assert_allclose(four["features"], host, rtol=1e-5, atol=1e-5)
+    for got, want in zip(four["stats"], gaussian_stats(host)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_each_process_draws_its_own_chunks_and_together_all_of_them():
+    from synthjax.sample_features import process_chunks, round_chunks
+
+    # fid10k on 2 processes x 2 devices: 10 chunks of 1000 in 3 rounds of 4, two padding chunks at the end.
+    assert round_chunks(10, 4).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    first, second = (process_chunks(10, [0, 0, 1, 1], p) for p in (0, 1))
+    assert first == [0, 1, 4, 5, 8, 9] and second == [2, 3, 6, 7, 10, 11]
+    assert sorted(c for c in first + second if c < 10) == list(range(10))
+    # fid50k on 4 processes x 8 devices: disjoint shares covering every chunk once.
+    shares = [set(process_chunks(50, [d // 8 for d in range(32)], p)) for p in range(4)]
+    assert sum(len(s) for s in shares) == 64 and set().union(*shares) == set(range(64))
+
+
+def test_presets_fix_count_metrics_split_and_refuse_conflicting_flags(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SYNTHJAX_CACHE", str(tmp_path))
+    parse = lambda *flags: ev.parser().parse_args(["--workdir", "w", *flags])  # noqa: E731
+    a = parse("--preset", "fid50k")
+    record = ev.resolve_preset(a, **QUIET)
+    assert (a.num, a.metrics, a.split, a.num_ref, a.extractor) == (50000, "fid,kid", "test", 0, "mnist_classifier")
+    assert record == {"name": "fid50k", "num_samples": 50000, "extractor": "mnist_classifier"}
+    (tmp_path / ev.INCEPTION_FILE).touch()  # Inception weights in the cache: the preset takes them
+    a = parse("--preset", "fid10k", "--num", "10000", "--metrics", "kid,fid", "--seed", "3")
+    ev.resolve_preset(a, **QUIET)
+    assert (a.num, a.extractor, a.seed) == (10000, "inception", 3)  # same values and free flags are accepted
+    a = parse("--preset", "fid10k", "--extractor", "mnist_classifier")
+    assert ev.resolve_preset(a, **QUIET)["extractor"] == "mnist_classifier"  # an explicit extractor wins
+
+    for flags, message in ((("--num", "5000"), "--num 5000 conflicts with --preset fid10k, which fixes --num 10000"),
+                           (("--metrics", "fid,is"), "--metrics fid,is conflicts with --preset fid10k, which fixes --metrics fid,kid"),
+                           (("--split", "train"), "--split train conflicts with --preset fid10k, which fixes --split test"),
+                           (("--num-ref", "500"), "--num-ref 500 conflicts with --preset fid10k")):
+        assert ev.main(["--workdir", str(tmp_path), "--preset", "fid10k", *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert ev.main(["--workdir", str(tmp_path), "--preset", "fid5k"]) == 2
+    assert "unknown preset 'fid5k' (--preset); valid: fid10k, fid50k" in capsys.readouterr().err
+
+
+def test_preset_run_end_to_end(gan_workdir, cache, capsys):
+    argv = ["--workdir", gan_workdir, "--preset", "fid10k", "--preset-num-samples", "200"]
+    assert ev.main(argv) == 0, capsys.readouterr().err
+    saved = json.load(open(os.path.join(gan_workdir, "eval.json")))
+    assert saved["preset"] == {"name": "fid10k", "num_samples": 10000, "extractor": "mnist_classifier", "reduced_num_samples": 200}
+    assert saved["num_samples"] == 200 and saved["metrics_requested"] == ["fid", "kid"]
+    assert set(saved["metrics"]) == {"fid", "kid", "kid_std"} and saved["metrics"]["fid"] > 0
+    assert saved["split"] == "test" and saved["reference"]["num"] == 2000  # the whole bundled test split
+    assert saved["devices"] == 4 and saved["processes"] == 1
+    # Four devices give the FID of the images synthjax.sample exports, extracted on the host as the training loop does.
+    from synthjax.sample import load_run
+
+    config, trainer, state, _ = load_run(gan_workdir)
+    host = ev.Evaluator(config, trainer, ev.EvalSettings(num=200, metrics=("fid",)), **QUIET)(state)
+    assert host["fid"] == pytest.approx(saved["metrics"]["fid"], rel=1e-5)
+
+
+class _ChannelMeans(FeatureExtractor):
+    """RGB features of any size: per-channel means and one product, on the host (no device form)."""
+
+    def extract_batch(self, images):
+        x = np.asarray(images, np.float32) / 255.0
+        means = x.mean(axis=(1, 2))
+        return {"features": np.concatenate([means, means[:, :1] * means[:, 1:2]], axis=1), "logits": None}
+
+
+class _ChannelMeansOnDevice(_ChannelMeans):
+    def device_form(self):
+        def fn(scale, images):
+            means = images.astype(jax.numpy.float32).mean(axis=(1, 2)) / 255.0 * scale
+            return {"features": jax.numpy.concatenate([means, means[:, :1] * means[:, 1:2]], axis=1), "logits": None}
+
+        return fn, np.float32(1.0)
+
+
+@pytest.mark.parametrize("kind", [_ChannelMeans, _ChannelMeansOnDevice])
+def test_sample_features_of_other_extractors_match_the_host_path(gan_run, kind):
+    """Host fallback and a device form whose batch (30) does not divide the chunk; grey samples repeated to RGB."""
+    from synthjax.parallel import make_mesh
+    from synthjax.sample import generate, load_run
+    from synthjax.sample_features import SampleFeatures
+
+    _, trainer, state, _ = load_run(gan_run)
+    extractor = kind("channel-means", "none", InputSpec(channels=3), batch_size=30)
+    got = SampleFeatures(trainer, extractor, make_mesh(), chunk=100)(state, 150, 1)
+    want = extractor(ev.to_extractor_input(generate(trainer, state, 150, 1, batch=100), extractor))["features"]
+    assert set(got) == {"features", "stats"}
+    np.testing.assert_allclose(got["features"], want, rtol=1e-5, atol=1e-6)  # XLA sums the means in another order
+
+
+@pytest.mark.slow  # two subprocesses: about 30 s on a 2-core CPU
+def test_two_processes_gather_the_statistics_of_one(gan_workdir, cache, tmp_path):
+    """Two evaluate processes with two CPU devices each, joined by jax.distributed: the FID and KID of one process
+    with four devices (each process draws its chunks; the features are gathered before the statistics)."""
+    import portpicker
+    from helpers import runs
+
+    argv = ["-m", "synthjax.evaluate", "--workdir", gan_workdir, "--preset", "fid10k", "--preset-num-samples", "2100"]
+    single = str(tmp_path / "single.json")
+    assert ev.main(argv[2:] + ["--out", single]) == 0
+    address, env = f"localhost:{portpicker.pick_unused_port()}", runs.jax_env(devices=2, SYNTHJAX_CACHE=str(cache))
+    procs = [runs.start([sys.executable, *argv, "--out", str(tmp_path / f"multi{i}.json"), "--coordinator-address",
+                         address, "--num-processes", "2", "--process-id", str(i)], env=env, log=str(tmp_path / f"multi{i}.log"))
+             for i in range(2)]
+    try:
+        for i, p in enumerate(procs):
+            assert p.wait(timeout=240) == 0, runs.tail(str(tmp_path / f"multi{i}.log"))
+    finally:
+        runs.sigkill(procs)  # never leave a partner blocked in a collective
+    assert not (tmp_path / "multi1.json").exists()  # process 0 writes eval.json
+    got, want = json.load(open(tmp_path / "multi0.json")), json.load(open(single))
+    assert (got["processes"], got["devices"], got["num_samples"]) == (2, 4, 2100)
+    for key in ("fid", "kid", "kid_std"):
+        assert got["metrics"][key] == pytest.approx(want["metrics"][key], rel=1e-5), key

@@ -314,6 +314,16 @@ class ClassifierFeatureExtractor(FeatureExtractor):
         features, logits = _forward(self.params, jnp.asarray(images), self.meta["num_classes"], self.feature_dim)
         return {"features": features, "logits": logits}
 
+    def device_form(self) -> tuple:
+        """The classifier as `fn(params, images_uint8) -> dict`, for compiled multi-device evaluation."""
+        num_classes, feature_dim = self.meta["num_classes"], self.feature_dim
+
+        def fn(params: dict, images_uint8: jax.Array) -> dict:
+            features, logits = _forward(params, images_uint8, num_classes, feature_dim)
+            return {"features": features, "logits": logits}
+
+        return fn, self.params
+
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: train on the train split, save, print the test accuracy and the weights sha256."""

@@ -124,6 +124,12 @@ class FeatureExtractor(abc.ABC):
     def extract_batch(self, images: np.ndarray) -> dict:
         """Map a validated (B, H, W, C) batch, B <= batch_size, to a dict of (B, ...) arrays (or None)."""
 
+    def device_form(self) -> tuple | None:
+        """(fn, variables) with `fn(variables, images_uint8) -> dict` traceable by JAX, to run the extractor
+        inside a compiled multi-device program (`synthjax.sample_features`); None if it has none (then
+        features are extracted on the host, through `__call__`)."""
+        return None
+
     def __call__(self, images) -> dict:
         """Validate `images` against `input_spec` and extract features batch by batch."""
         arr = validate_images(images, self.input_spec)

@@ -331,8 +331,17 @@ class InceptionFeatureExtractor(FeatureExtractor):
 
     def extract_batch(self, images: np.ndarray) -> dict:
         """Run one batch through the jitted network."""
-        out = _forward(self.variables, jnp.asarray(images), resize=self.resize)
-        return {"features": out["pool"], "logits": out["logits"], "logits_unbiased": out["logits_unbiased"]}
+        return self.device_form()[0](self.variables, jnp.asarray(images))
+
+    def device_form(self) -> tuple:
+        """The network as `fn(variables, images_uint8) -> dict`, for compiled multi-device evaluation."""
+        resize = self.resize
+
+        def fn(variables: dict, images_uint8: jax.Array) -> dict:
+            out = _forward(variables, images_uint8, resize=resize)
+            return {"features": out["pool"], "logits": out["logits"], "logits_unbiased": out["logits_unbiased"]}
+
+        return fn, self.variables
 
 
 def main(argv: list[str] | None = None) -> int:
