@@ -49,7 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
             num_threads=2,
             prefetch=8,
             # 'auto': hold the training split on the devices (batches drawn inside the compiled step) when it
-            # fits a share of device memory; 'on'; 'off': the grain pipeline (synthjax/data/on_device.py)
+            # fits a share of device memory and is at most CIFAR-10-sized; 'on'; 'off': the grain pipeline
+            # (synthjax/data/on_device.py)
             on_device="auto",
         )
     )

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 from synthjax import bench
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +31,31 @@ def test_bench_members_prints_one_json_line_with_the_stack_and_sequential_rates(
     assert r["members"] == 2 and r["images_per_sec"] > 0 and r["sequential_images_per_sec"] > 0 and r["finite"]
     assert abs(r["speedup_vs_sequential"] - r["images_per_sec"] / r["sequential_images_per_sec"]) < 1e-9
     assert r["stack_overrides"] == "model.conv_impl=matmul"  # dcgan's measured choice for stacks on CPU
+
+
+def test_bench_loop_prints_one_json_line_with_the_loop_and_bench_rates():
+    proc = subprocess.run(
+        [sys.executable, "-m", "synthjax.bench", "--workload", "vae_mlp", "--loop", "--steps", "6", "--rounds", "1",
+         "--set", "train.log_every=2", "--set", "train.sample_every=3", "--set", "train.ckpt_every=3",
+         "--set", "train.num_grid=4", "--json"],
+        cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1  # the run's own output goes to stderr
+    r = json.loads(lines[0])
+    assert r["steps"] == 6 and r["loop_images_per_sec"] > 0 and r["bench_images_per_sec"] > 0
+    assert abs(r["loop_vs_bench"] - r["loop_images_per_sec"] / r["bench_images_per_sec"]) < 1e-9
+    assert r["data_on_device"] and not r["synthetic_data"] and r["steps_per_call"] == 1  # the CPU default
+
+
+def test_bench_loop_gives_workloads_without_offline_data_a_synthetic_split(tmp_path):
+    config, shape = bench.workload_config("dcgan64", 8, "float32")
+    overrides = bench.loop_data(config, shape, str(tmp_path))
+    assert overrides[0] == "data.name=npz" and "data.image_size=64" in overrides
+    with np.load(tmp_path / "images.npz") as f:
+        assert f["images"].shape == (bench.LOOP_DATA_IMAGES, 64, 64, 3) and f["images"].dtype == np.uint8
+    mnist, mnist_shape = bench.workload_config("vae_mlp", 8, "float32")
+    assert bench.loop_data(mnist, mnist_shape, str(tmp_path)) == []  # the bundled digits have the shape
 
 
 def test_bench_shapes_tfds_workloads_without_their_data():

@@ -94,6 +94,9 @@ def test_on_device_refuses_a_split_over_the_budget(monkeypatch):
         on_device.wanted("on", source, 1)
     with pytest.raises(UserError, match="data.on_device='yes' is not one of auto, on, off"):
         on_device.wanted("yes", source, 1)
+    monkeypatch.setattr(on_device, "device_budget_bytes", lambda: 2**40)  # fits the device, over the 'auto' size cap
+    monkeypatch.setattr(on_device, "AUTO_MAX_BYTES", on_device.split_bytes(source) - 1)
+    assert not on_device.wanted("auto", source, 1) and on_device.wanted("on", source, 1)
 
 
 def test_call_sizes_stop_at_every_cadence():
