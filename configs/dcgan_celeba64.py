@@ -5,10 +5,11 @@ Smoke: python train.py --config configs/dcgan_celeba64.py:smoke --workdir /tmp/d
 
 Data: celeb_a through tensorflow-datasets at 64x64x3 (as configs/sngan.py
 reads cifar10). Networks: the dcgan arch with model.g_width=64,
-use_bias=False, project_bn=channel, the paper's G z(100) -> 4x4x1024 ->
-8x8x512 -> 16x16x256 -> 32x32x128 -> 64x64x3 (BatchNorm, ReLU, tanh) and D
+use_bias=False, project_bn=channel: G z(100) -> 4x4x512 -> 8x8x256 ->
+16x16x128 -> 32x32x64 -> 64x64x3 (4x4 kernels, BatchNorm, ReLU, tanh) and D
 64 -> 32 -> 16 -> 8 -> 4 -> logit (BatchNorm except on the input layer,
-LeakyReLU 0.2). Non-saturating loss, no penalty, Adam(2e-4, b1=0.5,
+LeakyReLU 0.2); the widths of the authors' reference code (ngf = ndf = 64).
+The paper's Figure 1 draws a wider G (4x4x1024 at the start). Non-saturating loss, no penalty, Adam(2e-4, b1=0.5,
 b2=0.999), batch 128.
 
 Paper figures: DCGAN reports no FID or IS for faces (it predates both);
