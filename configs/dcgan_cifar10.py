@@ -20,6 +20,7 @@ from synthjax.config import base_config, finalize
 
 
 def get_config(arg=None):
+    # Keys as in configs/dcgan.py, which says what each does.
     c = base_config()
     c.model.family = "gan"
     c.model.arch = "dcgan"
@@ -28,31 +29,21 @@ def get_config(arg=None):
     c.model.d_width = 64
     c.model.use_bias = False
     c.model.project_bn = "channel"
-    c.model.ema_decay = 0.999  # short runs: 0.999 would still weigh the random init by 0.14 after 2000 steps
-    c.model.d_norm = ""  # '': BatchNorm (the paper); 'spectral' or 'none'
-    c.model.conditional = False  # True: conditional BatchNorm in G, projection D (needs labelled data)
-    # 'auto': the measured fastest per backend and layer role; 'native'; 'matmul' (GEMM-only, faster under
-    # `synthjax.sweep --vmap` on CPU); or per role, e.g. 'out=im2col3x3,in=s2d_matmul' (synthjax/models/formulations.py)
+    c.model.ema_decay = 0.0  # the paper samples the generator itself, no EMA
+    c.model.d_norm = ""
+    c.model.conditional = False
     c.model.conv_impl = "auto"
-    # XLA:CPU turns vmapped convolutions (per-member kernels) into slow grouped ones; GEMM-only
-    # formulations stay GEMMs (8 dcgan28 members: `python -m synthjax.bench --members 8`).
     c.sweep.cpu_stack_overrides = "model.conv_impl=matmul"
-    # Images per convolution call; 0: the backend's default (32 on CPU, where XLA's convolutions are
-    # faster on small batches; the whole batch on GPU/TPU). Any value computes the same function.
     c.model.conv_batch_chunk = 0
-    # 'on': the discriminator's real and fake passes run as one batched (vmapped) pass, BatchNorm still per
-    # batch; the same function in fewer, larger kernels. 'auto': on where measured faster (GPU), else
-    # 'off' (synthjax/trainers/gan.py: JOINT_PASS).
     c.model.d_joint_pass = "auto"
     c.objective.loss = "ns"
-    c.objective.penalty = ""  # '', wgan_gp, r1 or dragan (synthjax/objectives/penalties.py)
+    c.objective.penalty = ""
     c.objective.penalty_weight = 0.0
-    c.objective.n_critic = 1  # discriminator updates per generator update (each on a 1/n share of the batch)
-    c.objective.clip = 0.0  # > 0: WGAN weight clipping of the discriminator to [-clip, clip]
-    c.objective.diffaugment = ""  # e.g. 'color,translation,cutout' (synthjax/augment.py)
+    c.objective.n_critic = 1
+    c.objective.clip = 0.0
+    c.objective.diffaugment = ""
     c.opt.update(lr=2e-4, b1=0.5, b2=0.999, d_lr=0.0)
     c.train.update(batch_size=128, num_steps=100000, log_every=100, sample_every=2500, ckpt_every=2500)
-    # On CPU the step's temporaries (104 MiB at batch 128) stay in the heap: dcgan28 step x0.84 (runtime.py).
     c.train.cpu_allocator = "heap"
     c.data.name = "cifar10"
     return finalize(c, arg, {"data.name": "mnist_bundled", "model.g_width": 16, "model.d_width": 8})

@@ -2,7 +2,10 @@
 
 States are built with jax.eval_shape (shapes only, no compute). Kernels are
 (kh, kw, in, out); the dcgan arch has no biases with model.use_bias=False,
-BatchNorm has scale + bias.
+BatchNorm has scale + bias. The SN-GAN figures follow the architecture table
+of its paper; DCGAN and WGAN-GP publish no counts, so theirs follow the
+networks as described (DCGAN at the widths of its authors' code; WGAN-GP on
+the dcgan arch, whose kernels and widths may differ from its authors' code).
 """
 import math
 import os
