@@ -8,6 +8,7 @@
 """
 import json
 import os
+import types
 
 import flax
 import jax
@@ -25,7 +26,7 @@ from synthjax.data.sources import DataSource, _array_source
 from synthjax.errors import UserError
 from synthjax.parallel import AXIS, DataParallel, make_mesh
 from synthjax.stack import NONFINITE
-from synthjax.train import call_sizes, train_and_evaluate
+from synthjax.train import STEPS_PER_CALL, call_sizes, resolve_steps_per_call, train_and_evaluate
 
 
 def indices(size: int, batch: int, steps: int, seed: int = 0) -> np.ndarray:
@@ -97,6 +98,16 @@ def test_on_device_refuses_a_split_over_the_budget(monkeypatch):
     monkeypatch.setattr(on_device, "device_budget_bytes", lambda: 2**40)  # fits the device, over the 'auto' size cap
     monkeypatch.setattr(on_device, "AUTO_MAX_BYTES", on_device.split_bytes(source) - 1)
     assert not on_device.wanted("auto", source, 1) and on_device.wanted("on", source, 1)
+
+
+def test_steps_per_call_default_is_the_backends_and_one_under_pmap():
+    shard_map, pmap = types.SimpleNamespace(mode="shard_map"), types.SimpleNamespace(mode="pmap")
+    assert resolve_steps_per_call(0, shard_map) == STEPS_PER_CALL[jax.default_backend()]
+    assert resolve_steps_per_call(3, shard_map) == 3 and resolve_steps_per_call(0, pmap) == 1
+    with pytest.raises(UserError, match="train.steps_per_call=4 runs under train.parallel='shard_map' only"):
+        resolve_steps_per_call(4, pmap)
+    with pytest.raises(UserError, match="non-negative integer"):
+        resolve_steps_per_call(-1, shard_map)
 
 
 def test_call_sizes_stop_at_every_cadence():
