@@ -770,9 +770,9 @@ def resolve_steps_per_call(value: int, dp: DataParallel) -> int:
     return k
 
 
-# Steps per compiled call when train.steps_per_call=0: one dispatch per 8 steps brought vae_mlp's CPU loop
-# level with its bench step; the GPU/TPU value is not measured yet (docs/performance.md, "The loop end to end").
-STEPS_PER_CALL = {"cpu": 8, "gpu": 8, "tpu": 8}
+# Steps per compiled call when train.steps_per_call=0. CPU: 1, as 8 lifted vae_mlp's loop but slowed
+# dcgan's (`make train`); GPU/TPU: 8, not measured yet (docs/performance.md, "The loop end to end").
+STEPS_PER_CALL = {"cpu": 1, "gpu": 8, "tpu": 8}
 
 
 def call_sizes(start: int, end: int, k: int, cadences: list[int]) -> list[int]:
