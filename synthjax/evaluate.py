@@ -55,6 +55,7 @@ from synthjax.images import to_uint8
 from synthjax.metrics import (
     FeatureExtractor,
     InceptionFeatureExtractor,
+    class_confidence,
     frechet_distance,
     gaussian_stats,
     inception_score_from_logits,
@@ -225,6 +226,7 @@ def sample_quality(metrics: tuple[str, ...], ref: reference.ReferenceStats, fake
         if logits is None:
             raise UserError("metric 'is' needs class logits, which this extractor does not produce; drop 'is' from --metrics")
         out["is"], out["is_std"] = inception_score_from_logits(logits, num_splits=IS_SPLITS)
+        out.update({f"is_{k}": v for k, v in class_confidence(logits).items()})  # IS's two halves, readable
         if ref.inception_score is not None:
             out["is_real"] = ref.inception_score[0]
     if "pr" in metrics:
@@ -242,9 +244,7 @@ def nll_convention(config: ml_collections.ConfigDict, trainer, iwae_k: int, seed
                 f"once with seed {seed}, no dequantisation")
     else:
         data = "8-bit data: -log P(x) of a discrete model in nats per image on {0..255}^D, no dequantisation"
-    how = "exact" if trainer.log_likelihood_kind == "exact" else (
-        f"IWAE bound with k={iwae_k} (a lower bound on log p(x), so an upper bound on the NLL)")
-    return f"{data}; {how}; bits/dim = nats / (D ln 2)"
+    return f"{data}; {trainer.likelihood_estimator(iwae_k)}; bits/dim = nats / (D ln 2)"
 
 
 def negative_log_likelihood(log_likelihood: Callable, state, x01: np.ndarray, key: jax.Array, iwae_k: int, batch: int = 100) -> float:

@@ -94,7 +94,7 @@ def test_evaluate_workdir_writes_eval_json_with_finite_metrics(gan_workdir, extr
     assert saved["step"] == 6 and saved["num_samples"] == 200 and saved["dataset"]["name"] == "mnist_bundled"
     assert saved["split"] == saved["dataset"]["split"] == "test" and saved["reference"]["num"] == 500
     assert saved["extractor"]["weights_sha256"] == extractor.weights_hash
-    for key in ("fid", "kid", "kid_std", "is", "is_std", "is_real", "precision", "recall"):
+    for key in ("fid", "kid", "kid_std", "is", "is_std", "is_real", "is_confident", "is_class_min", "is_class_max", "precision", "recall"):
         assert math.isfinite(saved["metrics"][key]), key
     assert saved["metrics"]["fid"] > 0 and 1.0 <= saved["metrics"]["is"] <= 10.0
     assert "nll_nats" not in saved["metrics"]  # a GAN has no likelihood: nll is not in the default set

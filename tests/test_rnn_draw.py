@@ -1,4 +1,4 @@
-"""DRAW: attention filterbanks, the bound, golden step, canvas sequence and samples, the no-attention variant, bad configs."""
+"""DRAW: attention filterbanks, the bound and log-likelihood, golden step, canvas sequence and samples, the no-attention variant, bad configs."""
 from __future__ import annotations
 
 import functools
@@ -75,6 +75,19 @@ def test_bound_is_reconstruction_plus_kl():
     metrics = trained()["metrics"]
     np.testing.assert_allclose(metrics["loss"], metrics["rec"] + metrics["kl"], rtol=1e-5)
     assert metrics["kl"] >= 0 and metrics["rec"] > 0
+
+
+def test_log_likelihood_is_the_elbo_averaged_over_posterior_draws():
+    trainer, state = trained()["trainer"], trained()["state"]
+    x, key = jnp.asarray(binarised_digits(4)), jax.random.key(5)
+    log_p = jax.jit(trainer.log_likelihood, static_argnums=3)(state, x, key, 3)
+    elbos = []
+    for draw_key in jax.random.split(key, 3):  # the same draws, one bound at a time
+        rec, kl = trainer.bound_terms(state.params, x, trainer._noise(draw_key, 4, jax.random.normal))
+        elbos.append(-(rec + kl))
+    assert trainer.log_likelihood_kind == "bound" and log_p.shape == (4,)
+    np.testing.assert_allclose(log_p, np.mean(elbos, axis=0), rtol=1e-5)
+    assert "ELBO averaged over 3" in trainer.likelihood_estimator(3)
 
 
 def test_no_attention_variant():

@@ -16,7 +16,7 @@ from synthjax.metrics.inception import (
     WeightsNotFoundError,
     load_inception_variables,
 )
-from synthjax.metrics.inception_score import inception_score, inception_score_from_logits
+from synthjax.metrics.inception_score import class_confidence, inception_score, inception_score_from_logits
 from synthjax.metrics.kid import kid, mmd2_unbiased, polynomial_kernel
 from synthjax.metrics.likelihood import (
     bits_per_dim_to_nats,
@@ -40,6 +40,7 @@ __all__ = [
     "frechet_distance",
     "gaussian_stats",
     "importance_weighted_log_likelihood",
+    "class_confidence",
     "inception_score",
     "inception_score_from_logits",
     "kid",

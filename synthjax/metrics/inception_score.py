@@ -90,3 +90,20 @@ def inception_score_from_logits(logits, num_splits: int = 10) -> tuple[float, fl
     z = as_feature_matrix(logits, "logits")
     log_p = z - _logsumexp(z, axis=1)
     return _score_over_splits(np.exp(log_p), log_p, num_splits)
+
+
+def class_confidence(logits, threshold: float = 0.9) -> dict[str, float]:
+    """The two halves of the Inception Score as readable shares, from (N, C) classifier logits.
+
+    `confident`: the share of samples whose top class probability is at least
+    `threshold` (recognisable images); `class_min` / `class_max`: the smallest
+    and largest share of samples assigned (argmax) to one class (coverage; a
+    class never predicted counts as 0). A balanced, well-trained generator
+    over C classes has `confident` near the real data's and both shares near 1/C.
+    """
+    z = as_feature_matrix(logits, "logits")
+    if not 0.0 < threshold < 1.0:
+        raise MetricInputError(f"threshold must be in (0, 1), got {threshold}")
+    top_prob = np.exp(np.max(z, axis=1, keepdims=True) - _logsumexp(z, axis=1))[:, 0]
+    shares = np.bincount(np.argmax(z, axis=1), minlength=z.shape[1]) / len(z)
+    return {"confident": float(np.mean(top_prob >= threshold)), "class_min": float(shares.min()), "class_max": float(shares.max())}

@@ -14,6 +14,7 @@ of probing with `hasattr`; a family overrides what it offers:
   preprocessed as `preprocess` says (synthjax.evaluate's `nll` metric). A
   'bound' is stochastic (the VAE: IWAE with `num_samples` importance
   samples); an 'exact' one ignores `key` and `num_samples`.
+  `likelihood_estimator(num_samples)` names the estimate for eval.json.
 - `vmappable_keys` with `hparams()` and `train_step_with(hp, state, batch,
   key)`: the config keys `synthjax.sweep --vmap` may stack
   (synthjax.trainers.vmappable says what they promise).
@@ -120,6 +121,10 @@ class Trainer(abc.ABC):
             f"model.family={self.family!r} defines no tractable likelihood, so no log_likelihood (and no 'nll' metric); "
             "drop 'nll' from the metrics"
         )
+
+    def likelihood_estimator(self, num_samples: int) -> str:
+        """How `log_likelihood` estimates log p(x) with `num_samples`, in one phrase for eval.json."""
+        return "exact" if self.log_likelihood_kind == "exact" else "a lower bound on log p(x), so an upper bound on the NLL"
 
     def hparams(self) -> dict[str, jax.Array]:
         """The values of `vmappable_keys` as float32 scalars (empty when the family offers none)."""

@@ -150,6 +150,10 @@ class DDPMTrainer(Trainer):
                           (num, *self.image_shape), key, s.steps, D.SAMPLERS[s.sampler], clip_x0=True)
         return jnp.clip((x + 1.0) * 0.5, 0.0, 1.0)
 
+    def likelihood_estimator(self, num_samples: int) -> str:
+        terms = "all T terms" if num_samples >= self.schedule.num_steps else f"{num_samples} stratified terms of T"
+        return f"the DDPM variational bound over {terms} (a lower bound on log p(x), so an upper bound on the NLL)"
+
     def log_likelihood(self, state: DDPMState, x: jax.Array, key: jax.Array, num_samples: int) -> jax.Array:
         """A variational lower bound on log p(x) in nats per image, shape (B,), of the EMA weights (Ho et al. eq. 5).
 

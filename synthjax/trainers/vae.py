@@ -172,6 +172,9 @@ class VAETrainer(Trainer):
         mu, _ = self.encode(state, x)
         return self.decode_mean(state, mu)
 
+    def likelihood_estimator(self, num_samples: int) -> str:
+        return f"IWAE bound with k={num_samples} (a lower bound on log p(x), so an upper bound on the NLL)"
+
     def log_likelihood(self, state: VAEState, x: jax.Array, key: jax.Array, num_samples: int) -> jax.Array:
         """IWAE estimate of log p(x) in nats per image, shape (B,), from `num_samples` draws z_k ~ q(z|x).
 

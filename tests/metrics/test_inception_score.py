@@ -70,3 +70,24 @@ def test_zero_probabilities_do_not_produce_nan():
 def test_bad_probabilities_raise(probs, match):
     with pytest.raises(ValueError, match=match):
         metrics.inception_score(probs, num_splits=10)
+
+
+def test_class_confidence_counts_confident_samples_and_class_shares():
+    # Top-class probabilities known in closed form: logits (a, 0, ..., 0) over C classes give e^a / (e^a + C - 1).
+    c = 10
+    confident_logit = np.log(0.95 * (c - 1) / 0.05)  # top probability 0.95
+    unsure_logit = np.log(0.5 * (c - 1) / 0.5)  # top probability 0.5
+    rows = []
+    for i in range(100):  # classes 0..3 get 40, 30, 20, 10 samples; 70 of the 100 confident
+        cls = 0 if i < 40 else 1 if i < 70 else 2 if i < 90 else 3
+        z = np.zeros(c)
+        z[cls] = confident_logit if i % 10 < 7 else unsure_logit
+        rows.append(z)
+    out = metrics.class_confidence(np.array(rows))
+    assert out == {"confident": 0.7, "class_min": 0.0, "class_max": 0.4}
+    assert metrics.class_confidence(np.array(rows), threshold=0.4)["confident"] == 1.0
+
+
+def test_class_confidence_rejects_a_threshold_outside_zero_one():
+    with pytest.raises(metrics.MetricInputError, match="threshold"):
+        metrics.class_confidence(np.zeros((4, 3)), threshold=1.0)
