@@ -41,7 +41,7 @@ CANDIDATES: dict[str, list[str]] = {
     "lr_1e-3": ["--config.opt.lr=1e-3"],
     "lr_5e-4_b32_4000": ["--config.opt.lr=5e-4", "--config.train.batch_size=32", "--config.train.num_steps=4000"],
     "lr_2e-3": ["--config.opt.lr=2e-3"],
-    "lr_1e-3_ema0.995": ["--config.opt.lr=1e-3", "--config.model.ema_decay=0.995"],
+    "lr_2e-3_ema0.995": ["--config.opt.lr=2e-3", "--config.model.ema_decay=0.995"],
 }
 BAR = {"minutes": 10.0, "confident": 0.80, "class_min": 0.06, "class_max": 0.14, "fid": 15.0}
 
