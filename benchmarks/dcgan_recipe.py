@@ -29,19 +29,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# name -> overrides of configs/dcgan.py ("" is the shipped recipe).
+# name -> overrides of configs/dcgan.py (the shipped recipe: Adam 2e-3, R1 gamma 1, EMA 0.99, 2,000 steps at
+# batch 64). The DCGAN paper's 2e-4 was the default before these measurements.
 CANDIDATES: dict[str, list[str]] = {
     "shipped": [],
-    "no_r1": ["--config.objective.penalty="],
-    "d_no_norm": ["--config.model.d_norm=none"],
-    "d_no_norm_b32": ["--config.model.d_norm=none", "--config.train.batch_size=32", "--config.train.num_steps=4000"],
-    "ttur": ["--config.opt.lr=1e-4", "--config.opt.d_lr=4e-4"],
+    "lr_2e-4": ["--config.opt.lr=2e-4"],
+    "lr_2e-4_d_no_norm": ["--config.opt.lr=2e-4", "--config.model.d_norm=none"],
+    "lr_2e-4_g64_4000": ["--config.opt.lr=2e-4", "--config.model.g_width=64", "--config.train.num_steps=4000"],
     "lr_5e-4": ["--config.opt.lr=5e-4"],
-    "g64_4000": ["--config.model.g_width=64", "--config.train.num_steps=4000"],
-    "lr_1e-3": ["--config.opt.lr=1e-3"],
     "lr_5e-4_b32_4000": ["--config.opt.lr=5e-4", "--config.train.batch_size=32", "--config.train.num_steps=4000"],
-    "lr_2e-3": ["--config.opt.lr=2e-3"],
-    "lr_2e-3_ema0.995": ["--config.opt.lr=2e-3", "--config.model.ema_decay=0.995"],
+    "lr_1e-3": ["--config.opt.lr=1e-3"],
+    "ema_0.995": ["--config.model.ema_decay=0.995"],
+    "no_r1": ["--config.objective.penalty="],
 }
 BAR = {"minutes": 10.0, "confident": 0.80, "class_min": 0.06, "class_max": 0.14, "fid": 15.0}
 

@@ -10,7 +10,10 @@ reconstruction for a more factorised, less informative code. Training logs
 eval/neg_elbo and eval/bits_per_dim report), so runs with different betas
 compare on the same bound.
 
-Reaches: not measured (only the smoke variant was run).
+Reaches, at 1,500 of its 3,000 steps (7.9 min on one CPU core): IWAE
+(k=1000) NLL 107.6 nats on the first 500 test digits, 103.5 on 500 train
+digits (beta = 4 gives up likelihood, as it should); samples FID 44.8
+(benchmarks/RESULTS.md, "Results: held-out figures of every config").
 """
 from synthjax.config import base_config, finalize
 

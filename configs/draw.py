@@ -14,10 +14,11 @@ per-step KL (`kl`).
 Paper (binarised MNIST, test bound): <= 80.97 nats with attention, <= 87.40
 without.
 
-Measured here (2-core CPU shared with other jobs, one device): 300 steps at
-batch 64 took 5.5 min (~1 step/s) and reached a bound of 198.1 nats (196.1
-reconstruction + 2.0 KL) on 256 bundled digits, which are also the training
-data: blurry blobs, early in training. The no-attention variant: not measured.
+Reaches, at 200 of its 20,000 steps (3.7 min on one CPU core): a bound of
+199.5 nats on the first 500 test digits and 203.0 on 500 train digits (the
+ELBO averaged over 10 draws, `python -m synthjax.evaluate --metrics nll
+--iwae-k 10`): blurry blobs, early in training (benchmarks/RESULTS.md, "Results: held-out figures of every config"). The
+no-attention variant: not measured.
 """
 from synthjax.config import base_config, finalize
 

@@ -6,6 +6,11 @@ Smoke: python train.py --config configs/gan_mlp.py:smoke --workdir /tmp/gan_mlp
 Generator 100 -> 256 -> 256 -> 784 (tanh), discriminator 784 -> 256 -> 256 -> 1,
 LeakyReLU 0.2. `objective.loss` is 'minimax' (the paper's log(1 - D(G(z)))),
 switch to 'ns' for the non-saturating variant the paper recommends in practice.
+
+Reaches, as shipped (5,000 steps, 1.5 min on one CPU core): FID 82.8 in the
+MNIST classifier's features against the test split, 33.9% of samples
+classified with >= 90% confidence, classes 3.8-16.8% (benchmarks/RESULTS.md,
+"Results: held-out figures of every config").
 """
 from synthjax.config import base_config, finalize
 

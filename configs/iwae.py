@@ -12,7 +12,9 @@ image; the logged `loss` is the negative bound, `neg_elbo` the average
 one-sample bound of the same draws. Compare with
 `python -m synthjax.evaluate --metrics nll` (IWAE with eval.iwae_k samples).
 
-Reaches: not measured (only the smoke variant was run).
+Reaches, as shipped (5,000 steps, 1.8 min on one CPU core): IWAE (k=1000)
+NLL 98.8 nats on the first 500 test digits, 95.4 on 500 train digits;
+samples FID 62.1 (benchmarks/RESULTS.md, "Results: held-out figures of every config").
 """
 from synthjax.config import base_config, finalize
 

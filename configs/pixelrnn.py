@@ -15,12 +15,11 @@ Paper (binarised MNIST, test NLL): Diagonal BiLSTM (7 layers, h=16) 79.20
 nats; DRAW <= 80.97. The paper's Row LSTM MNIST figure is not quoted here
 (not verified).
 
-Measured here (2-core CPU shared with other jobs, one device): 300 steps at
-batch 64 took 11 min (~0.5 steps/s) and reached 97.2 nats (0.179 bits/dim)
-on 256 bundled digits. The bundled digits are MNIST's 10k test split and are
-also the training data, so this is a training-set figure, far from converged;
-paper-level numbers need the 60k training split and many more steps.
-Sampling 64 images takes ~4 s after a one-off ~8 s compile.
+Reaches, at 150 of its 20,000 steps (4.0 min on one CPU core): exact NLL
+99.8 nats on the first 500 test digits, 99.0 on 500 train digits; far from
+converged (the bundled train split is 8,000 digits against the paper's
+60,000; benchmarks/RESULTS.md, "Results: held-out figures of every config"). Sampling 64 images takes ~4 s after a one-off ~8 s
+compile.
 """
 from synthjax.config import base_config, finalize
 

@@ -6,6 +6,10 @@ Smoke: python train.py --config configs/vae_conv.py:smoke --workdir /tmp/vae_con
 Encoder 28 -> 14 -> 7 (4x4 stride-2 convolutions, 32 and 64 channels) -> 256 ->
 (mu, log sigma^2) of 16; decoder the mirror image with 2x up-convolutions;
 Bernoulli likelihood, Adam(1e-3).
+
+Reaches, at 1,500 of its 3,000 steps (8.4 min on one CPU core): IWAE
+(k=1000) NLL 95.6 nats on the first 500 test digits, 91.6 on 500 train
+digits; samples FID 33.6, 49% confident (benchmarks/RESULTS.md, "Results: held-out figures of every config").
 """
 from synthjax.config import base_config, finalize
 

@@ -7,6 +7,11 @@ Smoke: python train.py --config configs/vae_mlp.py:smoke --workdir /tmp/vae_mlp
 logits, z = mu + sigma * eps, analytic KL, Adam(1e-3). `objective.beta` > 1
 gives a beta-VAE; `objective.likelihood` 'gaussian' or 'logistic' (with
 data.binarize=False) models grey levels instead of binary pixels.
+
+Reaches, as shipped (5,000 steps, 1.3 min on one CPU core): IWAE (k=1000)
+NLL 98.7 nats on the first 500 test digits and 94.0 on 500 train digits (a
+literature fully connected VAE trained on MNIST's 60,000 digits: 86.76);
+samples FID 53.6 in the classifier's features, 37% confident (benchmarks/RESULTS.md, "Results: held-out figures of every config").
 """
 from synthjax.config import base_config, finalize
 

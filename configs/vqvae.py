@@ -13,7 +13,8 @@ moving average (model.ema=True, decay 0.99). model.ema=False trains the
 codebook with the codebook loss instead. Samples decode random codes (no
 prior is fitted); `perplexity` reports how many codes are in use.
 
-Reaches: not measured (only the smoke variant was run).
+Reaches: no likelihood to report (log p(x) needs a prior over the codes,
+which is not fitted); sample quality not measured.
 """
 from synthjax.config import base_config, finalize
 

@@ -13,7 +13,7 @@ Samples `--num` images from the latest checkpoint (`synthjax.sample`), extracts
 features with the chosen extractor and compares them with reference
 statistics of the test split, cached on disk per image content and extractor
 weights hash (`synthjax.metrics.reference`). `nll` asks the trainer for
-`log_likelihood` (an IWAE bound for VAEs, exact for autoregressive models) of
+`log_likelihood` (an IWAE bound for VAEs, exact for PixelRNN, bounds for DRAW and DDPM) of
 the first `--nll-num` test images. Writes `eval.json` in the workdir: metrics,
 the split they were measured on, sample count, extractor name and weights
 hash, checkpoint step and dataset. The default extractor is a small
