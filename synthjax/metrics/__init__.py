@@ -1,7 +1,7 @@
 """Evaluation metrics for generative image models.
 
 Sample-quality metrics on features (FID via `gaussian_stats` +
-`frechet_distance`, `kid`, `inception_score`, `precision_recall`,
+`frechet_distance`, `kid`, `inception_score` with `class_confidence`, `precision_recall`,
 `density_coverage`), likelihood bookkeeping (`nats_to_bits_per_dim`,
 `importance_weighted_log_likelihood`), and the feature-extractor interface with
 the FID Inception-v3 (`InceptionFeatureExtractor`). See docs/metrics.md.
@@ -36,11 +36,11 @@ __all__ = [
     "MetricInputError",
     "WeightsNotFoundError",
     "bits_per_dim_to_nats",
+    "class_confidence",
     "density_coverage",
     "frechet_distance",
     "gaussian_stats",
     "importance_weighted_log_likelihood",
-    "class_confidence",
     "inception_score",
     "inception_score_from_logits",
     "kid",
