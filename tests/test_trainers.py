@@ -141,7 +141,7 @@ def test_register_refuses_a_capability_without_its_method():
 
 
 def test_capabilities_default_to_not_offered():
-    trainer, dp, batches, state = setup("draw.py:smoke")
+    trainer, dp, batches, state = setup("convlstm.py:smoke")  # a family that offers none of them
     assert (trainer.log_likelihood_kind, trainer.vmappable_keys, trainer.requires_labels) == ("none", (), False)
     from synthjax.errors import UserError
 
