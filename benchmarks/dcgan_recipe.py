@@ -1,4 +1,4 @@
-"""Train `make train` recipe candidates and score their digits the way issue 21 asks.
+"""Train `make train` recipe candidates and score their digits against the project's bar.
 
     python benchmarks/dcgan_recipe.py --out /tmp/recipe [--candidates shipped,NAME,...] [--num 10000]
 
