@@ -39,6 +39,8 @@ RUNS: dict[str, tuple[str, list[str], bool, bool, int]] = {
     "vae_logistic": ("vae_logistic", ["--config.train.num_steps=1500"], True, False, 0),
     "pixelrnn": ("pixelrnn", ["--config.train.num_steps=150"], True, False, 1),  # exact (k unused); sampling is pixel by pixel, slow
     "draw": ("draw", ["--config.train.num_steps=200"], True, False, 10),  # ELBO draws: more lower only its variance
+    # 50-step DDIM samples; the bound (1,000 U-Net passes per digit) is left to `evaluate --metrics nll`.
+    "ddpm": ("ddpm", [], False, True, 0),
 }
 
 

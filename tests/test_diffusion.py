@@ -143,20 +143,6 @@ def test_unet_refuses_sizes_it_cannot_halve_and_widths_groupnorm_cannot_split():
         build_unet(config.model, (28, 28, 1), 0, jnp.float32)
 
 
-GOLDEN = {"ddpm.py:smoke": {"loss": 1.0038061141967773, "grad_norm": 2.025749}}
-
-
-@pytest.mark.parametrize("config_name", sorted(GOLDEN))
-def test_one_step_golden_values(config_name):
-    """One train step of the smoke config on CPU float32, pinned (recompute and say why when a change is intended)."""
-    trainer, dp, batches, state = setup(config_name)
-    state, (metrics,) = run_steps(trainer, dp, batches, state, 1)
-    got = {k: float(metrics[k]) for k in GOLDEN[config_name]}
-    for key, want in GOLDEN[config_name].items():
-        assert want is not None, f"golden value for {config_name}/{key} not pinned; got {got}"
-        np.testing.assert_allclose(got[key], want, rtol=2e-5, err_msg=f"{config_name} {key}")
-
-
 def test_samples_are_images_reproducible_from_the_seed_and_guidance_changes_them():
     trainer, dp, batches, state = setup("ddpm.py:smoke", ["model.class_cond=true"], devices=jax.devices()[:1])
     state, _ = run_steps(trainer, dp, batches, state, 2)

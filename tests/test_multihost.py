@@ -20,7 +20,8 @@ from helpers import runs
 
 CONFIG = "dcgan.py:smoke"
 NUM_STEPS = 12
-OVERRIDES = (f"--config.train.num_steps={NUM_STEPS}", "--config.train.ckpt_every=3", "--config.train.log_every=2")
+OVERRIDES = (f"--config.train.num_steps={NUM_STEPS}", "--config.train.ckpt_every=3", "--config.train.log_every=2",
+             f"--config.{runs.ADAM_EQUIVALENCE_LR}")
 STEP_DELAY = 0.25
 
 

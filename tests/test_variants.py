@@ -21,6 +21,7 @@ from synthjax.objectives import penalties
 from synthjax.objectives.vae import iwae_bound
 from synthjax.parallel import AXIS, DataParallel, make_mesh
 from synthjax.trainers import build_trainer
+from tests.helpers.runs import ADAM_EQUIVALENCE_LR
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONE = jax.devices()[:1]  # single-device steps where device count does not matter: smaller programs, faster tests
@@ -279,7 +280,7 @@ def test_joint_discriminator_pass_trains_as_two_passes_do(config_name, extra, ma
     monkeypatch.setattr(gan, "MATERIALISE_JOINT_BATCH", (jax.default_backend(),) if materialise else ())
     runs = {}
     for joint in ("on", "off"):
-        trainer, dp, batches, state = setup(config_name, [*extra, f"model.d_joint_pass={joint}"], ONE)
+        trainer, dp, batches, state = setup(config_name, [*extra, ADAM_EQUIVALENCE_LR, f"model.d_joint_pass={joint}"], ONE)
         assert trainer.joint_pass == (joint == "on")
         runs[joint] = run_steps(trainer, dp, batches, state, 2)
     (on_state, on_hist), (off_state, off_hist) = runs["on"], runs["off"]

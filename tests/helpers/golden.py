@@ -7,6 +7,8 @@ with the command that records it:
 
     python -m tests.helpers.golden vae_mlp.py:smoke [more configs ...]
 
+`--check` compares instead of recording (exit status 1 on a mismatch).
+
 Record only for a new config, or when a change is meant to move the numbers
 (say why in the commit).
 """
@@ -44,9 +46,26 @@ def record(config_names: list[str]) -> None:
         f.write("\n")
 
 
+def mismatches(config_names: list[str], rtol: float = 2e-5, atol: float = 1e-6) -> list[str]:
+    """One line per pinned metric that this process computes differently (the tolerance of the golden test)."""
+    from tests.test_trainers import one_step_metrics
+
+    golden, lines = load(), []
+    for name in config_names:
+        got = one_step_metrics(name)
+        for key, want in golden[name].items():
+            if abs(got[key] - want) > atol + rtol * abs(want):
+                lines.append(f"{name} {key}: got {got[key]!r}, pinned {want!r}")
+    return lines
+
+
 if __name__ == "__main__":
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
     jax.config.update("jax_num_cpu_devices", 4)  # as tests/conftest.py: the golden values are 4-device runs
+    if sys.argv[1:2] == ["--check"]:
+        bad = mismatches(sys.argv[2:])
+        print("\n".join(bad) or "golden values reproduced")
+        sys.exit(1 if bad else 0)
     record(sys.argv[1:])
