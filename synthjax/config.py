@@ -103,8 +103,8 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             shared_data_order=False,  # True: every member reads the data order of the first member's seed
             member_shards=1,  # devices along the mesh's `members` axis (the rest form the `data` axis)
-            # 'KEY=VALUE;...' applied to stacks of several members on CPU (formulations that stay fast under
-            # vmap; a config sets what its measurement favours, see docs/performance.md)
+            # 'KEY=VALUE;...' applied to stacks of several members on CPU where oneDNN is not used (formulations
+            # that stay fast under vmap; a config sets what its measurement favours, see docs/performance.md)
             cpu_stack_overrides="",
         )
     )

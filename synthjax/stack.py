@@ -30,6 +30,7 @@ import numpy as np
 
 from synthjax.data import on_device
 from synthjax.errors import UserError
+from synthjax.models import formulations
 from synthjax.parallel import member_block
 from synthjax.trainers.base import all_finite
 
@@ -67,12 +68,15 @@ def guard_nonfinite(step: Callable, policy: str) -> Callable:
 
 
 def stack_configs(configs: Sequence[Any], backend: str, log: Callable[[str], None] = print) -> list:
-    """The members' configs with `sweep.cpu_stack_overrides` applied when several members run on CPU (said in the log)."""
+    """The members' configs with `sweep.cpu_stack_overrides` applied when several members run on CPU without
+    oneDNN (said in the log)."""
     from synthjax import config as config_lib
 
     spec = configs[0].sweep.cpu_stack_overrides
     if len(configs) == 1 or backend != "cpu" or not spec:
         return list(configs)
+    if formulations.onednn_unused_reason(backend, configs[0].train.dtype) is None:
+        return list(configs)  # oneDNN's calls run member by member under vmap, no grouped convolutions
     out = []
     for c in configs:
         c = c.copy_and_resolve_references()

@@ -230,3 +230,22 @@ def test_members_mesh_axis_equals_members_one_by_one():
         carry, stacked_metrics = step(carry, batch, jax.numpy.stack(keys))
     assert carry.members.step.sharding.spec[0] == "members"  # the members really are split over devices
     _assert_members_equal(stack, carry, stacked_metrics, want)
+
+
+@pytest.mark.parametrize("onednn_reason", [None, "not built"])
+def test_cpu_stack_overrides_apply_only_where_onednn_does_not_run(monkeypatch, onednn_reason):
+    """Under vmap oneDNN's convolutions run member by member; XLA's become grouped convolutions, which the
+    config's `sweep.cpu_stack_overrides` replaces."""
+    from synthjax.models import formulations
+    from synthjax.stack import stack_configs
+
+    monkeypatch.setattr(formulations, "onednn_unused_reason", lambda backend, dtype: onednn_reason)
+    configs = [load_config(DCGAN, [f"seed={i}"]) for i in range(2)]
+    assert configs[0].sweep.cpu_stack_overrides == "model.conv_impl=matmul"
+    logged = []
+    got = stack_configs(configs, "cpu", log=logged.append)
+    want = "auto" if onednn_reason is None else "matmul"
+    assert [c.model.conv_impl for c in got] == [want, want]
+    assert bool(logged) == (onednn_reason is not None)
+    assert [c.model.conv_impl for c in stack_configs(configs, "gpu", log=logged.append)] == ["auto", "auto"]
+    assert [c.model.conv_impl for c in stack_configs(configs[:1], "cpu", log=logged.append)] == ["auto"]

@@ -65,12 +65,12 @@ def test_one_step_golden_values(config_name):
 def test_golden_values_hold_at_the_default_xla_optimisation_level():
     """The suite compiles at LLVM level 0 (tests/conftest.py); users' runs compile at the default level.
 
-    Two configs (a convolutional GAN and a VAE) reproduce their pinned step in a fresh process without
+    Two configs (a convolutional GAN on oneDNN and a VAE) reproduce their pinned step in a fresh process without
     that option, so the numbers the suite checks are the numbers users get.
     """
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_backend_optimization_level"))
     env = {**os.environ, "XLA_FLAGS": flags}
-    cmd = [sys.executable, "-m", "tests.helpers.golden", "--check", "dcgan.py:smoke", "vae_conv.py:smoke"]
+    cmd = [sys.executable, "-m", "tests.helpers.golden", "--check", "dcgan.py:smoke", "vae_mlp.py:smoke"]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
 
