@@ -41,10 +41,10 @@ def binarise(x01: np.ndarray, seed: int) -> np.ndarray:
     return (np.random.default_rng(seed).random(x01.shape, dtype=np.float32) < x01).astype(np.float32)
 
 
-def train_synthjax(workdir: str, steps: int, extra: list[str]) -> float:
+def train_synthjax(workdir: str, steps: int, seed: int, extra: list[str]) -> float:
     """Seconds `train.py` takes from launch to exit (compile, data, checkpoints included)."""
     cmd = [sys.executable, os.path.join(REPO, "train.py"), "--config", os.path.join(REPO, "configs", "vae_mlp.py"),
-           "--workdir", workdir, f"--config.train.num_steps={steps}", "--config.train.progress=False", *extra]
+           "--workdir", workdir, f"--config.train.num_steps={steps}", f"--config.seed={seed}", "--config.train.progress=False", *extra]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO)
     return time.perf_counter() - t0
@@ -131,7 +131,7 @@ def main() -> None:
     train01, test01 = split_images("train"), split_images("test")
     scored = {"test": binarise(test01[: a.num], 1), "train": binarise(train01[: a.num], 2)}
     workdir = a.workdir or tempfile.mkdtemp(prefix="vae_mlp_")
-    seconds = train_synthjax(workdir, a.steps, a.set)
+    seconds = train_synthjax(workdir, a.steps, a.seed, a.set)
     ours = {split: synthjax_nll(workdir, x, a.iwae_k, a.seed) for split, x in scored.items()}
     model, peer_steps = train_peer(load_peer(a.peer), train01, seconds, a.seed)
     theirs = {split: peer_nll(model, x, a.iwae_k, a.seed) for split, x in scored.items()}
