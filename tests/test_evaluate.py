@@ -157,7 +157,9 @@ def vae():
     from synthjax.parallel import DataParallel
     from synthjax.trainers import build_trainer
 
-    config = load_config(os.path.join(REPO, "configs/vae_mlp.py:smoke"), ["train.batch_size=64"])
+    # A constant rate: the 30 steps here should get as far as they can (the config's cosine decays to 0 over
+    # train.num_steps, 6 in the smoke variant, and holds 0 after)
+    config = load_config(os.path.join(REPO, "configs/vae_mlp.py:smoke"), ["train.batch_size=64", "opt.schedule=constant"])
     trainer = build_trainer(config, (28, 28, 1))
     dp = DataParallel("shard_map")
     images, rng = load_bundled_mnist()[0][bundled_split_indices("train")], np.random.default_rng(1)

@@ -83,7 +83,9 @@ def test_every_registered_family_has_a_config():
 
 
 def test_vae_learns_a_tiny_dataset():
-    trainer, dp, batches, state = setup("vae_mlp.py:smoke", ["opt.lr=3e-3"])
+    # train.num_steps=60: the steps taken here, so the config's decaying learning rate spans them (past
+    # train.num_steps a schedule holds its final value, 0 for the cosine)
+    trainer, dp, batches, state = setup("vae_mlp.py:smoke", ["opt.lr=3e-3", "train.num_steps=60"])
     fixed = next(batches)
     step = dp.compile_step(trainer.train_step)
     losses = []
