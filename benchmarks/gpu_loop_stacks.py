@@ -32,13 +32,16 @@ CASES = [
     ("members", "dcgan28", 64, "float32", [], 45),
     ("members", "vae_mlp", 128, "float32", [], 20),
     ("members", "gan_mlp", 128, "float32", [], 20),
-    ("loop", "vae_mlp", 128, "float32", ["train.steps_per_call=1"], 50),
-    ("loop", "dcgan28", 1024, "float32", ["train.steps_per_call=1"], 40),
-    ("loop", "gan_mlp", 128, "float32", ["train.steps_per_call=1"], 30),
-    ("loop", "vae_mlp", 128, "float32", ["train.steps_per_call=32"], 50),
-    ("members", "dcgan", 64, "float32", [], 45),
     ("members", "dcgan28", 64, "float32", ["model.conv_impl=matmul"], 45),
-    ("loop", "dcgan", 64, "float32", [], 60),
+    ("members", "dcgan", 64, "float32", [], 45),
+    ("members", "dcgan28", 64, "float32", ["model.d_joint_pass=off"], 45),
+    ("loop", "gan_mlp", 128, "float32", ["train.steps_per_call=32"], 30),
+    ("loop", "dcgan64", 256, "bfloat16", ["train.steps_per_call=32"], 70),
+    ("loop", "vae_mlp", 128, "float32", ["train.steps_per_call=1"], 45),
+    ("loop", "gan_mlp", 128, "float32", ["train.steps_per_call=1"], 30),
+    ("loop", "dcgan28", 1024, "float32", ["train.steps_per_call=1"], 50),
+    ("loop", "dcgan", 64, "float32", [], 50),
+    ("loop", "vae_mlp", 128, "float32", ["train.steps_per_call=32"], 40),
 ]
 
 T0 = time.perf_counter()

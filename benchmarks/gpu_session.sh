@@ -15,14 +15,14 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import jax, flax, optax, chex, orbax.checkpoint as o, grain, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'chex', chex.__version__, 'orbax', o.__version__, 'grain', grain.__version__, 'torch', torch.__version__, jax.devices())" 2>&1 | tee "$out/versions.txt"
 # The loop writes orbax checkpoints: if the image's orbax cannot, use the tested release carried in .whl/orbax.
-if ! timeout 120 python3 train.py --config configs/gan_mlp.py:smoke --workdir /tmp/smoke > "$out/smoke.log" 2>&1; then
+if [ "${SMOKE:-1}" = 1 ] && ! timeout 120 python3 train.py --config configs/gan_mlp.py:smoke --workdir /tmp/smoke > "$out/smoke.log" 2>&1; then
   tail -5 "$out/smoke.log"; echo "smoke run failed with the image's orbax; trying the carried one"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/orbax/*.whl
   rm -rf /tmp/smoke; timeout 120 python3 train.py --config configs/gan_mlp.py:smoke --workdir /tmp/smoke > "$out/smoke.log" 2>&1 || { tail -20 "$out/smoke.log"; exit 1; }
 fi
 timeout $((loop_budget + 120)) python3 benchmarks/gpu_loop_stacks.py --out "$out/loop_stacks.jsonl" --budget-s "$loop_budget" --cases "${5:-:}" 2> "$out/loop_stacks.log"
 if [ "$suite_budget" -gt 0 ]; then
-  timeout $((suite_budget + 90)) python3 benchmarks/gpu_suite.py --peer "$peer" --layers none --budget-s "$suite_budget" --out "$out/suite.json" 2> "$out/suite.log" | tail -40
+  timeout $((suite_budget + 90)) python3 benchmarks/gpu_suite.py --peer "$peer" --layers none --budget-s "$suite_budget" --out "$out/suite.json" ${SUITE_ARGS:-} 2> "$out/suite.log" | tail -40
 fi
 echo "== loop and stacks"; python3 - "$out/loop_stacks.jsonl" <<'PY'
 import json, sys
