@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -30,7 +31,9 @@ def save_png(path: str, image_hwc: np.ndarray) -> None:
     from PIL import Image
 
     image = np.asarray(image_hwc)
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+    tmp = f"{path}.tmp"  # renamed into place: a run killed mid-write leaves no truncated PNG
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format="PNG")
+    os.replace(tmp, path)
 
 
 def save_grid(path: str, images01: np.ndarray, ncol: int | None = None) -> None:

@@ -67,16 +67,29 @@ def guard_nonfinite(step: Callable, policy: str) -> Callable:
     return guarded
 
 
+# The config field of overrides for stacks, per backend: formulations that stay fast under vmap
+# (docs/performance.md, "Stacks of members").
+STACK_OVERRIDES_FIELD = {"cpu": "cpu_stack_overrides", "gpu": "gpu_stack_overrides"}
+
+
+def stack_overrides(config: Any, backend: str) -> str:
+    """The 'KEY=VALUE;...' a stack of several members applies on `backend` ('' for none). On CPU only where
+    oneDNN is not used: its calls run member by member under vmap, so no grouped convolutions arise."""
+    field = STACK_OVERRIDES_FIELD.get(backend)
+    spec = config.sweep.get(field, "") if field else ""  # .get: configs saved before a field existed
+    if spec and backend == "cpu" and formulations.onednn_unused_reason(backend, config.train.dtype) is None:
+        return ""
+    return spec
+
+
 def stack_configs(configs: Sequence[Any], backend: str, log: Callable[[str], None] = print) -> list:
-    """The members' configs with `sweep.cpu_stack_overrides` applied when several members run on CPU without
-    oneDNN (said in the log)."""
+    """The members' configs with the backend's `sweep.<backend>_stack_overrides` applied when there are
+    several members (said in the log)."""
     from synthjax import config as config_lib
 
-    spec = configs[0].sweep.cpu_stack_overrides
-    if len(configs) == 1 or backend != "cpu" or not spec:
+    spec = stack_overrides(configs[0], backend)
+    if len(configs) == 1 or not spec:
         return list(configs)
-    if formulations.onednn_unused_reason(backend, configs[0].train.dtype) is None:
-        return list(configs)  # oneDNN's calls run member by member under vmap, no grouped convolutions
     out = []
     for c in configs:
         c = c.copy_and_resolve_references()
@@ -86,7 +99,7 @@ def stack_configs(configs: Sequence[Any], backend: str, log: Callable[[str], Non
             config_lib.set_value(c, key, value)
         c.lock()
         out.append(c)
-    log(f"synthjax: a stack of {len(configs)} members on CPU: applying sweep.cpu_stack_overrides={spec!r}")
+    log(f"synthjax: a stack of {len(configs)} members on {backend}: applying sweep.{STACK_OVERRIDES_FIELD[backend]}={spec!r}")
     return out
 
 

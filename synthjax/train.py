@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import jax
@@ -39,7 +41,7 @@ from synthjax import config as config_lib
 from synthjax import images
 from synthjax import steps as steps_lib
 from synthjax.bench import bench_record
-from synthjax.checkpoint import Checkpointer
+from synthjax.checkpoint import Checkpointer, checksums_program
 from synthjax.data import build_pipeline, get_source, on_device
 from synthjax.errors import UserError
 from synthjax.evaluate import periodic_evaluator
@@ -114,6 +116,11 @@ class MetricWriter:
         tb = os.path.join(workdir, "tensorboard")
         self.stacked = members is not None
         self.tb = [SummaryWriter(os.path.join(tb, name)) for name in members] if self.stacked else [SummaryWriter(tb)]
+        # Sample grids are fetched, encoded and written by one background thread: a 64x64 RGB grid costs
+        # ~0.3 s of PNG encoding (which releases the GIL), time the loop spends dispatching steps instead.
+        self.grids = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthjax-grids")
+        self.pending: list = []
+        self.tb_lock = threading.Lock()  # TensorBoard writes come from both threads
 
     def write(self, step: int, scalars: dict[str, float], member: int = 0) -> None:
         if not self.enabled:
@@ -121,20 +128,43 @@ class MetricWriter:
         index = {"member": member} if self.stacked else {}
         self.jsonl.write(json.dumps({"step": step, **index, **scalars}) + "\n")
         self.jsonl.flush()
-        self._tensorboard(self.tb[member], step, scalars)
+        with self.tb_lock:
+            self._tensorboard(self.tb[member], step, scalars)
 
     def write_timing(self, step: int, timing: dict[str, float]) -> None:
         if not self.enabled:
             return
         self.timing.write(json.dumps({"step": step, **timing}) + "\n")
         self.timing.flush()
-        self._tensorboard(self.tb[0], step, timing)
+        with self.tb_lock:
+            self._tensorboard(self.tb[0], step, timing)
 
-    def write_image(self, step: int, name: str, grid_hwc: np.ndarray, member: int = 0) -> None:
-        """A sample grid as a TensorBoard image (values in [0, 1] or uint8, HWC)."""
+    def write_grid(self, path: str, step: int, samples: jax.Array, member: int = 0) -> None:
+        """Images in [0, 1] (a device array, possibly still being computed) as one PNG grid at `path` and
+        a TensorBoard image, written in the background; `wait` returns once they are on disk."""
         if self.enabled:
-            self.tb[member].add_image(name, grid_hwc, step, dataformats="HWC")
+            self._raise_failed()
+            self.pending.append(self.grids.submit(self._write_grid, path, step, samples, member))
+
+    def _write_grid(self, path: str, step: int, samples: jax.Array, member: int) -> None:
+        grid = images.make_grid(images.to_uint8(np.asarray(samples)))
+        images.save_png(path, grid)
+        with self.tb_lock:
+            self.tb[member].add_image("samples", grid, step, dataformats="HWC")
             self.tb[member].flush()
+
+    def _raise_failed(self) -> None:
+        """Re-raise the error of a background grid write that failed (e.g. a full disk)."""
+        for f in [f for f in self.pending if f.done()]:
+            self.pending.remove(f)
+            f.result()
+
+    def wait(self) -> None:
+        """Block until every sample grid handed to `write_grid` is written; re-raise a failure."""
+        if self.enabled:
+            pending, self.pending = self.pending, []
+            for f in pending:
+                f.result()
 
     @staticmethod
     def _tensorboard(tb, step: int, scalars: dict[str, float]) -> None:
@@ -144,6 +174,7 @@ class MetricWriter:
 
     def close(self) -> None:
         if self.enabled:
+            self.grids.shutdown(wait=True)
             self.jsonl.close()
             self.timing.close()
             for tb in self.tb:
@@ -614,6 +645,7 @@ class StackRun:
         self.eval_pipeline.set_state(before)
         programs = [(self.call(k), (self.state, self.window, self._data_for(k), self.step_keys)) for k in sorted(set(sizes))]
         programs.append((self.eval_fn, (self.state, eval_batch, self.eval_keys)))
+        programs.append(checksums_program(self.dp.host_state(self.state)))
         sample_state = self.member_state(0)
         warm_up(self.dp, programs,
                 lambda: self.sample_fn.lower(sample_state, self.stack.member(self.grid_keys, 0), self.t.num_grid).compile(),
@@ -705,10 +737,8 @@ class StackRun:
             paths.append(os.path.join(folder, f"step_{step:07d}.png"))
             if self.is_main:
                 os.makedirs(folder, exist_ok=True)
-                samples = np.asarray(self.sample_fn(self.member_state(i), self.stack.member(self.grid_keys, i), self.t.num_grid))
-                grid = images.make_grid(images.to_uint8(samples))
-                images.save_png(paths[-1], grid)
-                self.writer.write_image(step, "samples", grid, i)
+                samples = self.sample_fn(self.member_state(i), self.stack.member(self.grid_keys, i), self.t.num_grid)
+                self.writer.write_grid(paths[-1], step, samples, i)
         return paths
 
     def _finish(self, step: int, elapsed: float) -> list[dict[str, Any]]:
@@ -717,6 +747,7 @@ class StackRun:
         if done:  # a rerun of a finished run adds nothing to its logs
             self._write_members(step, final_eval)
         grids = self.save_grids(step)
+        self.writer.wait()
         diverged = self.stack.diverged(self.state)
         extra = [{"diverged_at": diverged.get(i, 0)} if self.stack.size > 1 else {} for i in range(self.stack.size)]
         summaries = [{**sc, **ev, **ex, "step": step, "seconds": elapsed} for sc, ev, ex in zip(self.scalars, final_eval, extra)]
@@ -771,7 +802,8 @@ def resolve_steps_per_call(value: int, dp: DataParallel) -> int:
 
 
 # Steps per compiled call when train.steps_per_call=0. CPU: 1, as 8 lifted vae_mlp's loop but slowed
-# dcgan's (`make train`); GPU/TPU: 8, not measured yet (docs/performance.md, "The loop end to end").
+# dcgan's (`make train`). GPU: 8, which kept vae_mlp's loop at 0.91 of the bench step against 0.79 at 1
+# (H200); 32 did not beat it on dcgan64. TPU: 8, not measured (docs/performance.md, "The loop end to end").
 STEPS_PER_CALL = {"cpu": 1, "gpu": 8, "tpu": 8}
 
 

@@ -247,5 +247,22 @@ def test_cpu_stack_overrides_apply_only_where_onednn_does_not_run(monkeypatch, o
     want = "auto" if onednn_reason is None else "matmul"
     assert [c.model.conv_impl for c in got] == [want, want]
     assert bool(logged) == (onednn_reason is not None)
-    assert [c.model.conv_impl for c in stack_configs(configs, "gpu", log=logged.append)] == ["auto", "auto"]
+    assert [c.model.conv_impl for c in stack_configs(configs, "tpu", log=logged.append)] == ["auto", "auto"]
     assert [c.model.conv_impl for c in stack_configs(configs[:1], "cpu", log=logged.append)] == ["auto"]
+
+
+def test_gpu_stack_overrides_apply_to_stacks_on_gpu_only():
+    """A GPU stack takes `sweep.gpu_stack_overrides` (batched GEMMs instead of grouped convolutions); a
+    single run and other backends' stacks keep the config's own; a config saved without the field still loads."""
+    from synthjax.stack import stack_configs, stack_overrides
+
+    configs = [load_config(DCGAN, [f"seed={i}", "sweep.cpu_stack_overrides="]) for i in range(2)]
+    logged = []
+    assert [c.model.conv_impl for c in stack_configs(configs, "gpu", log=logged.append)] == ["matmul", "matmul"]
+    assert "sweep.gpu_stack_overrides='model.conv_impl=matmul'" in logged[0]
+    assert [c.model.conv_impl for c in stack_configs(configs[:1], "gpu", log=logged.append)] == ["auto"]
+    assert [c.model.conv_impl for c in stack_configs(configs, "cpu", log=logged.append)] == ["auto", "auto"]
+    old = configs[0].copy_and_resolve_references()
+    with old.unlocked():
+        del old.sweep["gpu_stack_overrides"]
+    assert stack_overrides(old, "gpu") == ""
