@@ -49,7 +49,7 @@ def test_bench_loop_prints_one_json_line_with_the_loop_and_bench_rates():
     r = json.loads(lines[0])
     assert r["steps"] == 6 and r["loop_images_per_sec"] > 0 and r["bench_images_per_sec"] > 0
     assert abs(r["loop_vs_bench"] - r["loop_images_per_sec"] / r["bench_images_per_sec"]) < 1e-9
-    assert r["data_on_device"] and not r["synthetic_data"] and r["steps_per_call"] == 1  # the CPU default
+    assert r["data_on_device"] and not r["synthetic_data"] and r["steps_per_call"] == 8  # configs/vae_mlp.py's
 
 
 def test_bench_loop_gives_workloads_without_offline_data_a_synthetic_split(tmp_path):
