@@ -1,6 +1,6 @@
 """The GPU rows of the loop and stack tables, in one process for one short device slot.
 
-    python benchmarks/gpu_loop_stacks.py --out $OUT/loop_stacks.jsonl --budget-s 300 [--cases 0:7] [--quick]
+    python benchmarks/gpu_loop_stacks.py --out $OUT/loop_stacks.jsonl --budget-s 300 [--cases 0:7 | 1,0,4] [--quick]
 
 Runs the cases below in order of importance through `synthjax.bench`'s own
 functions (`run_loop`: `train_and_evaluate` against the bench step, medians of
@@ -32,7 +32,7 @@ CASES = [
     ("members", "dcgan28", 64, "float32", [], 45),
     ("members", "vae_mlp", 128, "float32", [], 20),
     ("members", "gan_mlp", 128, "float32", [], 20),
-    ("members", "dcgan28", 64, "float32", ["model.conv_impl=matmul"], 45),
+    ("members", "dcgan28", 64, "float32", ["sweep.gpu_stack_overrides=model.conv_impl=matmul"], 45),
     ("members", "dcgan", 64, "float32", [], 45),
     ("members", "dcgan28", 64, "float32", ["model.d_joint_pass=off"], 45),
     ("loop", "gan_mlp", 128, "float32", ["train.steps_per_call=32"], 30),
@@ -68,17 +68,24 @@ def row(r: dict) -> str:
             f"seq {r['sequential_images_per_sec']:9.0f} img/s  {r['speedup_vs_sequential']:.2f}x")
 
 
+def select(cases: list, spec: str) -> list:
+    """The cases a `--cases` spec names: a slice ('0:7', '7:') or indices in the order to run them ('1,0,4')."""
+    if ":" in spec:
+        start, _, stop = spec.partition(":")
+        return cases[int(start or 0):int(stop or len(cases))]
+    return [cases[int(i)] for i in spec.split(",")]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--budget-s", type=float, default=300, help="start no case whose estimate exceeds what is left")
     p.add_argument("--only", default="loop,members", help="kinds to run")
-    p.add_argument("--cases", default=":", help="a slice of CASES, e.g. '0:7' or '7:'")
+    p.add_argument("--cases", default=":", help="a slice of CASES ('0:7', '7:') or indices in order ('1,0,4')")
     p.add_argument("--quick", action="store_true", help="tiny batches and steps: the CPU self-test")
     a = p.parse_args()
     results = []
-    start, _, stop = a.cases.partition(":")
-    for kind, workload, batch, dtype, overrides, estimate in CASES[int(start or 0):int(stop or len(CASES))]:
+    for kind, workload, batch, dtype, overrides, estimate in select(CASES, a.cases):
         left = a.budget_s - (time.perf_counter() - T0)
         label = f"{kind} {workload} b{batch} {dtype} {overrides}"
         if kind not in a.only.split(",") or (not a.quick and left < estimate):

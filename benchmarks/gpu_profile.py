@@ -12,6 +12,12 @@ step time in the table: the difference is time the GPU waits for the host), kern
 per kernel class and the longest kernels. XLA's fusions keep their HLO names as kernel names;
 `--hlo-dir` writes each profiled variant's optimised HLO to map them (and cuDNN calls) to the model.
 
+Two pseudo-overrides change the shape instead of the config: `members=N` times a stack of N members
+(`synthjax.bench.prepare_stack`, the backend's stack overrides applied) and `batch=B` another batch
+size, e.g. `--variant one: --variant big:batch=512 --variant stack:members=8`; images per second count
+every member. `--loop-steps N` also traces N steps of the whole training loop (`train_and_evaluate` as
+`synthjax.bench --loop` runs it), whose GPU busy time and kernels per step compare with the bench step's.
+
 XLA flags are per process: run this once per XLA_FLAGS setting and give each run a `--tag`.
 """
 from __future__ import annotations
@@ -35,6 +41,19 @@ from synthjax import bench  # noqa: E402
 def parse_variant(spec: str) -> tuple[str, list[str]]:
     name, _, overrides = spec.partition(":")
     return name, [o for o in overrides.split(";") if o]
+
+
+SHAPE_KEYS = ("members", "batch")  # pseudo-overrides: the step's shape, not a config field
+
+
+def prepare_variant(workload: str, batch_size: int, dtype: str, overrides: list[str]):
+    """(prepared step, images per step) of a variant: a single run, or a stack with `members=N`."""
+    shape = {k: int(v) for k, _, v in (o.partition("=") for o in overrides) if k in SHAPE_KEYS}
+    rest = [o for o in overrides if o.partition("=")[0] not in SHAPE_KEYS]
+    batch, members = shape.get("batch", batch_size), shape.get("members", 1)
+    if members > 1:
+        return bench.prepare_stack(workload, batch, members, dtype, rest)[0], batch * members
+    return bench.prepare(workload, batch, dtype, rest), batch
 
 
 def _union_ns(intervals: list[tuple[int, int]]) -> int:
@@ -105,9 +124,31 @@ def profile(p, steps: int) -> dict:
     return summary
 
 
+def profile_loop(workload: str, batch: int, dtype: str, overrides: list[str], steps: int) -> dict:
+    """`train_and_evaluate` as `synthjax.bench --loop` runs it, traced: once untraced first, so the traced run
+    finds its programs (and their autotuning) in the compilation cache."""
+    config, image_shape = bench.workload_config(workload, batch, dtype, overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = bench.loop_data(config, image_shape, tmp)
+        loop_config = bench.workload_config(workload, batch, dtype, [*overrides, *data, f"train.num_steps={steps}"])[0]
+        untraced = bench.loop_round(loop_config, os.path.join(tmp, "untraced"))
+        with tempfile.TemporaryDirectory() as d:
+            with jax.profiler.trace(d):
+                traced = bench.loop_round(loop_config, os.path.join(tmp, "traced"))
+            files = glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)
+            summary = summarise_trace(files[0], steps) if files else {"error": "no trace file written"}
+    summary["traced_wall_ms_per_step"] = 1000 * traced["seconds"] / steps
+    summary["untraced_wall_ms_per_step"] = 1000 * untraced["seconds"] / steps
+    summary["cadence_seconds"] = {"untraced": untraced.get("cadence_seconds"), "traced": traced.get("cadence_seconds")}
+    return summary
+
+
 def print_profile(name: str, s: dict, top: int) -> None:
     print(f"\n## profile {name}: GPU busy {s['gpu_busy_ms_per_step']:.3f} ms/step, "
           f"{s['kernels_per_step']:.0f} kernels/step, traced wall {s['traced_wall_ms_per_step']:.3f} ms/step")
+    if "cadence_seconds" in s:
+        print(f"  untraced wall {s['untraced_wall_ms_per_step']:.3f} ms/step; host seconds in cadence actions: "
+              f"{s['cadence_seconds']}")
     for kind, ms in s.get("ms_per_step_by_kind", {}).items():
         print(f"  {kind}: {ms:.3f} ms")
     for line, v in s["lines"].items():
@@ -131,15 +172,18 @@ def main(argv=None) -> None:
     ap.add_argument("--tag", default="", help="names this process's XLA_FLAGS setting in the output")
     ap.add_argument("--out", default="")
     ap.add_argument("--hlo-dir", default="")
+    ap.add_argument("--loop-steps", type=int, default=0,
+                    help="also trace the whole training loop (train_and_evaluate, the first variant's overrides) for "
+                         "this many steps: GPU busy time and kernels per step against the bench step's")
     ap.add_argument("--peer", default="", help="path to torch_peer.py: time its eager step (and bf16 autocast) in the rounds too")
     ap.add_argument("--peer-compile", action="store_true", help="time the peer's step under torch.compile too (30-60 s to compile)")
     args = ap.parse_args(argv)
     variants = dict(parse_variant(v) for v in (args.variant or ["base:"]))
 
-    prepared, failed = {}, {}
+    prepared, failed, images = {}, {}, {}
     for name, overrides in variants.items():
         try:
-            prepared[name] = bench.prepare(args.workload, args.batch_size, args.dtype, overrides)
+            prepared[name], images[name] = prepare_variant(args.workload, args.batch_size, args.dtype, overrides)
             prepared[name].time(3)
         except Exception as e:  # a variant that does not compile is a result, not the end of the run
             failed[name] = f"{type(e).__name__}: {e}"[:300]
@@ -157,7 +201,7 @@ def main(argv=None) -> None:
         ratios = [a / b for a, b in zip(per_step[first], per_step[n])]
         ms = 1000 * statistics.median(per_step[n])
         rows.append({"variant": n, "overrides": variants.get(n, []), "step_ms": ms,
-                     "images_per_sec": args.batch_size / ms * 1000, "speedup_vs_first": statistics.median(ratios),
+                     "images_per_sec": images.get(n, args.batch_size) / ms * 1000, "speedup_vs_first": statistics.median(ratios),
                      "vs_peer_best": statistics.median([b / a for a, b in zip(per_step[n], peer_best)]) if peers else None,
                      "compile_s": prepared[n].compile_s, "rounds_ms": [1000 * t for t in per_step[n]]})
 
@@ -170,6 +214,9 @@ def main(argv=None) -> None:
                 path = os.path.join(args.hlo_dir, f"hlo_{args.tag or 'default'}_{n}.txt")
                 with open(path, "w") as f:
                     f.write(prepared[n].compiled.as_text())
+
+    if args.loop_steps:
+        profiles["loop"] = profile_loop(args.workload, args.batch_size, args.dtype, variants[ours[0]], args.loop_steps)
 
     record = {"workload": args.workload, "batch_size": args.batch_size, "dtype": args.dtype, "tag": args.tag,
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "device": bench.device_name(), "jax": jax.__version__,

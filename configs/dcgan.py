@@ -43,13 +43,10 @@ def get_config(arg=None):
     # 'auto': the measured fastest per backend and layer role; 'native'; 'matmul' (GEMM-only, faster under
     # `synthjax.sweep --vmap` on CPU); or per role, e.g. 'out=im2col3x3,in=s2d_matmul' (synthjax/models/formulations.py)
     c.model.conv_impl = "auto"
-    # Without oneDNN, XLA:CPU turns vmapped convolutions (per-member kernels) into slow grouped ones;
-    # GEMM-only formulations stay GEMMs. With oneDNN (calls run member by member) the stack keeps it: 8
-    # dcgan28 members 3.9 s per step against 4.3 s with this (`python -m synthjax.bench --members 8`).
-    c.sweep.cpu_stack_overrides = "model.conv_impl=matmul"
-    # On GPU the vmapped convolutions become grouped ones; GEMM-only formulations become batched GEMMs: 8
-    # dcgan28 members at batch 64 on an H200 take 3.8 ms per step against 5.6-5.7 ms (docs/performance.md).
-    c.sweep.gpu_stack_overrides = "model.conv_impl=matmul"
+    # A stack of members (synthjax.sweep --vmap) takes the 'stack' formulations: vmapped convolutions with
+    # per-member kernels become slow grouped ones; GEMMs (and oneDNN's member-by-member calls) do not
+    # (synthjax/models/formulations.py; figures in docs/performance.md, "Stacks of members").
+    c.sweep.cpu_stack_overrides = c.sweep.gpu_stack_overrides = "model.conv_impl=stack"
     # Images per convolution call; 0: the backend's default (32 on CPU, where XLA's convolutions are
     # faster on small batches; the whole batch on GPU/TPU). Any value computes the same function.
     c.model.conv_batch_chunk = 0

@@ -31,7 +31,7 @@ def get_config(arg=None):
     c.model.d_norm = "none"
     c.model.conditional = False
     c.model.conv_impl = "auto"
-    c.sweep.cpu_stack_overrides = "model.conv_impl=matmul"
+    c.sweep.cpu_stack_overrides = c.sweep.gpu_stack_overrides = "model.conv_impl=stack"  # synthjax/models/formulations.py
     c.model.conv_batch_chunk = 0
     c.model.d_joint_pass = "auto"
     c.objective.loss = "wasserstein"

@@ -330,6 +330,7 @@ def run_loop(workload: str, batch_size: int, dtype: str = "float32", rounds: int
         "loop_vs_bench": float(np.median(np.asarray(loop) / np.asarray(bench))),
         "rounds_loop_images_per_sec": loop, "rounds_bench_images_per_sec": bench,
         "steps_per_call": rows[-1]["steps_per_call"], "data_on_device": rows[-1]["data_on_device"],
+        "rounds_cadence_seconds": [r.get("cadence_seconds", {}) for r in rows],
         "synthetic_data": bool(data), "cadences": {k: t[k] for k in ("log_every", "sample_every", "ckpt_every", "eval_every")},
         "device": device_name(), "num_devices": prepared.num_devices, "dtype": dtype, "overrides": list(overrides),
     }

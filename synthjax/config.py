@@ -103,9 +103,8 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             shared_data_order=False,  # True: every member reads the data order of the first member's seed
             member_shards=1,  # devices along the mesh's `members` axis (the rest form the `data` axis)
-            # 'KEY=VALUE;...' applied to stacks of several members: on CPU where oneDNN is not used, on GPU
-            # always (formulations that stay fast under vmap; a config sets what its measurement favours,
-            # see docs/performance.md, "Stacks of members")
+            # 'KEY=VALUE;...' applied to stacks of several members on that backend (formulations that stay
+            # fast under vmap, e.g. model.conv_impl=stack; docs/performance.md, "Stacks of members")
             cpu_stack_overrides="",
             gpu_stack_overrides="",
         )

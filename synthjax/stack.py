@@ -30,7 +30,6 @@ import numpy as np
 
 from synthjax.data import on_device
 from synthjax.errors import UserError
-from synthjax.models import formulations
 from synthjax.parallel import member_block
 from synthjax.trainers.base import all_finite
 
@@ -73,13 +72,9 @@ STACK_OVERRIDES_FIELD = {"cpu": "cpu_stack_overrides", "gpu": "gpu_stack_overrid
 
 
 def stack_overrides(config: Any, backend: str) -> str:
-    """The 'KEY=VALUE;...' a stack of several members applies on `backend` ('' for none). On CPU only where
-    oneDNN is not used: its calls run member by member under vmap, so no grouped convolutions arise."""
+    """The 'KEY=VALUE;...' a stack of several members applies on `backend` ('' for none)."""
     field = STACK_OVERRIDES_FIELD.get(backend)
-    spec = config.sweep.get(field, "") if field else ""  # .get: configs saved before a field existed
-    if spec and backend == "cpu" and formulations.onednn_unused_reason(backend, config.train.dtype) is None:
-        return ""
-    return spec
+    return config.sweep.get(field, "") if field else ""  # .get: configs saved before a field existed
 
 
 def stack_configs(configs: Sequence[Any], backend: str, log: Callable[[str], None] = print) -> list:

@@ -38,8 +38,9 @@ gives every member the first member's order (results.md says so). A member
 whose training goes non-finite is frozen and listed in the table's
 `diverged` column; `train.on_nonfinite='halt'` stops only when all have.
 A config may set overrides for stacks per backend, `sweep.cpu_stack_overrides`
-and `sweep.gpu_stack_overrides` (dcgan: GEMM-only convolutions, which stay
-GEMMs under vmap rather than becoming grouped convolutions);
+and `sweep.gpu_stack_overrides` (dcgan: `model.conv_impl=stack`, formulations
+that stay GEMMs or oneDNN calls under vmap rather than becoming grouped
+convolutions);
 `python -m synthjax.bench --members N` measures a stack against its members
 run one by one.
 """

@@ -22,6 +22,7 @@ Reliability contract (tested in tests/test_resume.py and friends):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -169,7 +170,7 @@ class MetricWriter:
     @staticmethod
     def _tensorboard(tb, step: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():
-            if not isinstance(value, str):  # e.g. eval/split: in metrics.jsonl, not a TensorBoard scalar
+            if isinstance(value, (int, float)):  # e.g. eval/split, cadence_seconds: in the JSONL files only
                 tb.add_scalar(name, value, step)
 
     def close(self) -> None:
@@ -619,6 +620,7 @@ class StackRun:
         feed = synthjax.data.feed_calls(self._next_call_data, sizes, depth=2)
         self._warm_up(sizes)
         self.scalars = [{} for _ in range(self.stack.size)]
+        self.cadence_s: dict[str, float] = {}  # host seconds in each cadence action since the (re)start
         progress = ProgressBar(self.start, t.num_steps, t.progress and self.is_main)
         self.t0 = self.t_log = time.perf_counter()
         step = self.step_log = self.start
@@ -654,19 +656,33 @@ class StackRun:
     def _at_cadences(self, step: int, data_state, progress) -> None:
         t = self.t
         if step % t.log_every == 0 or step == t.num_steps:
-            self._log(step, progress)
+            with self.timed("log"):
+                self._log(step, progress)
         if t.eval_every and step % t.eval_every == 0:
-            self._write_evals(step, self.run_eval(), data_state)
+            with self.timed("eval"):
+                self._write_evals(step, self.run_eval(), data_state)
         if self.sample_evals[0] is not None and self.sample_evals[0].due(step, t.num_steps):
-            if self.is_main:  # host-only work, no collectives
-                self._write_evals(step, [ev(self.member_state(i)) for i, ev in enumerate(self.sample_evals)], data_state)
-            # The other processes wait here rather than inside the next step's all-reduce,
-            # which gloo (CPU collectives) abandons after 30 s.
-            barrier(f"synthjax_sample_eval_{step}")
+            with self.timed("sample_eval"):
+                if self.is_main:  # host-only work, no collectives
+                    self._write_evals(step, [ev(self.member_state(i)) for i, ev in enumerate(self.sample_evals)], data_state)
+                # The other processes wait here rather than inside the next step's all-reduce,
+                # which gloo (CPU collectives) abandons after 30 s.
+                barrier(f"synthjax_sample_eval_{step}")
         if step % t.ckpt_every == 0 or step == t.num_steps:
-            self._checkpoint(step, data_state)
+            with self.timed("checkpoint"):
+                self._checkpoint(step, data_state)
         if step % t.sample_every == 0:
-            self.save_grids(step)
+            with self.timed("grids"):
+                self.save_grids(step)
+
+    @contextlib.contextmanager
+    def timed(self, action: str):
+        """Add the host time of a cadence action (waits for the device included) to `cadence_seconds`."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.cadence_s[action] = self.cadence_s.get(action, 0.0) + time.perf_counter() - t0
 
     def _write_members(self, step: int, values: list[dict[str, float]]) -> None:
         for i, v in enumerate(values):
@@ -693,7 +709,8 @@ class StackRun:
         self.writer.write_timing(step, {"steps_per_sec": rate, "interval_steps_per_sec": interval,
                                         "images_per_sec": rate * images, "interval_images_per_sec": interval * images,
                                         "seconds": now - self.t0, "steps_per_call": self.steps_per_call,
-                                        "data_on_device": self.dataset is not None})
+                                        "data_on_device": self.dataset is not None,
+                                        "cadence_seconds": {k: round(v, 4) for k, v in self.cadence_s.items()}})
         self.t_log, self.step_log = now, step
         progress.update(step, {**self.scalars[0], "img/s": interval * images})
 

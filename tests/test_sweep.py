@@ -232,37 +232,34 @@ def test_members_mesh_axis_equals_members_one_by_one():
     _assert_members_equal(stack, carry, stacked_metrics, want)
 
 
-@pytest.mark.parametrize("onednn_reason", [None, "not built"])
-def test_cpu_stack_overrides_apply_only_where_onednn_does_not_run(monkeypatch, onednn_reason):
-    """Under vmap oneDNN's convolutions run member by member; XLA's become grouped convolutions, which the
-    config's `sweep.cpu_stack_overrides` replaces."""
-    from synthjax.models import formulations
-    from synthjax.stack import stack_configs
-
-    monkeypatch.setattr(formulations, "onednn_unused_reason", lambda backend, dtype: onednn_reason)
-    configs = [load_config(DCGAN, [f"seed={i}"]) for i in range(2)]
-    assert configs[0].sweep.cpu_stack_overrides == "model.conv_impl=matmul"
-    logged = []
-    got = stack_configs(configs, "cpu", log=logged.append)
-    want = "auto" if onednn_reason is None else "matmul"
-    assert [c.model.conv_impl for c in got] == [want, want]
-    assert bool(logged) == (onednn_reason is not None)
-    assert [c.model.conv_impl for c in stack_configs(configs, "tpu", log=logged.append)] == ["auto", "auto"]
-    assert [c.model.conv_impl for c in stack_configs(configs[:1], "cpu", log=logged.append)] == ["auto"]
-
-
-def test_gpu_stack_overrides_apply_to_stacks_on_gpu_only():
-    """A GPU stack takes `sweep.gpu_stack_overrides` (batched GEMMs instead of grouped convolutions); a
-    single run and other backends' stacks keep the config's own; a config saved without the field still loads."""
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_stacks_take_the_backends_stack_overrides_and_single_runs_keep_their_own(backend):
+    """A stack of several members on CPU or GPU takes `sweep.<backend>_stack_overrides` (dcgan: the 'stack'
+    formulations); a single run and other backends' stacks keep the config's own; a config saved without the
+    field still loads."""
     from synthjax.stack import stack_configs, stack_overrides
 
-    configs = [load_config(DCGAN, [f"seed={i}", "sweep.cpu_stack_overrides="]) for i in range(2)]
+    configs = [load_config(DCGAN, [f"seed={i}"]) for i in range(2)]
     logged = []
-    assert [c.model.conv_impl for c in stack_configs(configs, "gpu", log=logged.append)] == ["matmul", "matmul"]
-    assert "sweep.gpu_stack_overrides='model.conv_impl=matmul'" in logged[0]
-    assert [c.model.conv_impl for c in stack_configs(configs[:1], "gpu", log=logged.append)] == ["auto"]
-    assert [c.model.conv_impl for c in stack_configs(configs, "cpu", log=logged.append)] == ["auto", "auto"]
+    assert [c.model.conv_impl for c in stack_configs(configs, backend, log=logged.append)] == ["stack", "stack"]
+    assert f"sweep.{backend}_stack_overrides='model.conv_impl=stack'" in logged[0]
+    assert [c.model.conv_impl for c in stack_configs(configs[:1], backend, log=logged.append)] == ["auto"]
+    assert [c.model.conv_impl for c in stack_configs(configs, "tpu", log=logged.append)] == ["auto", "auto"]
     old = configs[0].copy_and_resolve_references()
     with old.unlocked():
-        del old.sweep["gpu_stack_overrides"]
-    assert stack_overrides(old, "gpu") == ""
+        del old.sweep[f"{backend}_stack_overrides"]
+    assert stack_overrides(old, backend) == ""
+
+
+@pytest.mark.parametrize("onednn_reason", [None, "not built"])
+def test_the_stack_formulations_are_gemms_and_onednn_where_it_runs(monkeypatch, onednn_reason):
+    """Under vmap oneDNN's calls run member by member; XLA's convolutions with per-member kernels would become
+    grouped convolutions, so 'stack' takes GEMMs for every role oneDNN does not run."""
+    from synthjax.models import formulations
+
+    monkeypatch.setattr(formulations, "onednn_unused_reason",
+                        lambda backend, dtype: onednn_reason if backend == "cpu" else "CPU-only")
+    cpu = {role: c.formulation for role, c in formulations.plan("stack", backend="cpu").items()}
+    gemms = {"up": "gemm_col2im", "out": "gemm_col2im", "down": "s2d_matmul", "in": "s2d_matmul", "recurrent": "im2col"}
+    assert cpu == (gemms if onednn_reason else {**gemms, **dict.fromkeys(formulations.ONEDNN_ROLES, "onednn")})
+    assert {role: c.formulation for role, c in formulations.plan("stack", backend="gpu").items()} == gemms

@@ -15,10 +15,15 @@ Layer roles:
 
 `model.conv_impl` picks: 'auto' (the fastest measured per backend, below),
 'native' (the plain `lax` convolutions everywhere), 'matmul' (im2col + GEMM
-only: under `jax.vmap` XLA:CPU turns per-member convolution kernels into a
-slow grouped convolution, GEMMs stay GEMMs), or per role, e.g.
+only), 'stack' (for stacks of members, see below), or per role, e.g.
 'out=im2col3x3,in=s2d_matmul' (roles not named stay 'auto'). The measurements
 behind 'auto' are in docs/performance.md.
+
+Under `jax.vmap` over members (synthjax/stack.py) a convolution with
+per-member kernels becomes a grouped convolution, which XLA:CPU and cuDNN run
+slowly; GEMMs stay (batched) GEMMs. 'stack' is the GEMM-only formulations
+with the exact FLOPs of a convolution (`gemm_col2im` up, `s2d_matmul` down),
+and oneDNN where it runs: its calls run member by member.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ PRESETS = {
     "auto": {},
     "native": dict.fromkeys(ROLES, "native"),
     "matmul": {"up": "im2col3x3", "out": "im2col3x3", "down": "s2d_matmul", "in": "s2d_matmul", "recurrent": "im2col"},
+    "stack": {"up": "gemm_col2im", "out": "gemm_col2im", "down": "s2d_matmul", "in": "s2d_matmul", "recurrent": "im2col"},
 }
 
 # 'auto' by backend and role. CPU: XLA:CPU differentiates a stride-2 transposed convolution
@@ -117,6 +123,8 @@ def plan(spec: str = "auto", dtype: Any = jnp.float32, batch_chunk: int = 0,
     for role, name in _requested(spec).items():
         if name == "auto":
             name = _auto(role, backend, dtype)
+        elif spec == "stack" and role in ONEDNN_ROLES and onednn_unused_reason(backend, dtype) is None:
+            name = "onednn"  # its calls run member by member under vmap: no grouped convolution arises
         if name not in VALID[role]:
             raise UserError(f"model.conv_impl: {role}={name!r} is not one of {', '.join(VALID[role])}")
         if name == "onednn" and onednn_unused_reason(backend, dtype):
