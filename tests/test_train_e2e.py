@@ -8,13 +8,15 @@ import sys
 import numpy as np
 import pytest
 
+from tests.helpers.runs import jax_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "configs", "*.py")))
 
 
 def run(args, **kw):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600, **kw)
+    # One CPU device and the compilation cache that the resume tests and the notebooks share (same programs)
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=jax_env(), capture_output=True, text=True, timeout=600, **kw)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
