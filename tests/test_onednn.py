@@ -91,11 +91,27 @@ def test_input_and_kernel_grad_are_the_adjoints() -> None:
 
 @needs_onednn
 def test_vmap_runs_member_by_member() -> None:
+    """Members become leading dimensions of the call's buffers: each member's convolution and both
+    derivatives equal that member's own calls exactly, through nested vmaps and a kernel shared by all."""
     stride, padding = (2, 2), ((1, 1), (1, 1))
     xs, ws = normal((3, 2, 6, 6, 2), 6), normal((3, 4, 4, 2, 3), 7)
     got = jax.jit(jax.vmap(lambda x, w: onednn.conv(x, w, stride, padding)))(xs, ws)
     want = jnp.stack([xla_conv(x, w, stride, padding) for x, w in zip(xs, ws)])
     assert_close(got, want, "vmap")
+
+    def loss(x, w):
+        return jnp.sum(jnp.sin(onednn.conv(x, w, stride, padding)))
+
+    grads = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1))))(xs, ws)
+    for i in range(3):
+        one = jax.jit(jax.grad(loss, argnums=(0, 1)))(xs[i], ws[i])
+        for g, o in zip(grads, one):
+            np.testing.assert_array_equal(np.asarray(g[i]), np.asarray(o))
+    nested = jax.jit(jax.vmap(jax.vmap(lambda x, w: onednn.conv(x, w, stride, padding))))
+    np.testing.assert_array_equal(np.asarray(nested(xs.reshape(3, 1, *xs.shape[1:]), ws.reshape(3, 1, *ws.shape[1:]))),
+                                  np.asarray(got).reshape(3, 1, *got.shape[1:]))
+    shared = jax.jit(jax.vmap(lambda x: onednn.conv(x, ws[0], stride, padding)))(xs)
+    np.testing.assert_array_equal(np.asarray(shared[1]), np.asarray(jax.jit(onednn.conv, static_argnums=(2, 3))(xs[1], ws[0], stride, padding)))
 
 
 @needs_onednn

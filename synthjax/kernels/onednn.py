@@ -75,8 +75,9 @@ def _call(target: str, shape: tuple[int, ...], a: Array, b: Array, stride: Seque
         raise TypeError(f"oneDNN convolutions take float32, got {a.dtype} and {b.dtype}; "
                         f"use an XLA impl for other dtypes")
     out = jax.ShapeDtypeStruct(shape, jnp.float32)
-    # vmap (seed sweeps) runs the call once per member.
-    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(a, b, **_attrs(stride, padding))
+    # Under vmap (stacks of runs) the members become leading dimensions of every buffer, and the call runs
+    # them one after another in place: no slicing copies around a loop (onednn_conv.cc).
+    return jax.ffi.ffi_call(target, out, vmap_method="broadcast_all")(a, b, **_attrs(stride, padding))
 
 
 def output_shape(x_shape: Sequence[int], w_shape: Sequence[int], stride: Sequence[int], padding: Padding

@@ -6,7 +6,10 @@
 //   synthjax_conv_bwd_data     dx = conv's input gradient for output cotangent dy
 //   synthjax_conv_bwd_weights  dw = conv's kernel gradient for input x and cotangent dy
 // Stride and padding come as attributes; every shape comes from the buffers,
-// so one handler serves every layer. Why: on the DCGAN layers XLA:CPU's own
+// so one handler serves every layer. Leading dimensions before N/H (all three
+// buffers alike) are members of a `jax.vmap` (a stack of runs): each member
+// is one convolution with its own kernel, run one after another in place,
+// without the slicing copies of a loop around the call. Why: on the DCGAN layers XLA:CPU's own
 // convolutions were slower than oneDNN's, the library PyTorch's CPU
 // convolutions use (docs/performance.md).
 //
@@ -211,9 +214,10 @@ dnnl_status_t Execute(Kind kind, const Plan& plan, dnnl_engine_t engine, dnnl_st
   return dnnl_stream_wait(stream);
 }
 
-// Runs one convolution: `src`, `weights`, `dst` are the NHWC / HWIO / NHWC
-// buffers in the forward convolution's roles, whichever of them is the output.
-ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst) {
+// Runs `members` convolutions: `src`, `weights`, `dst` are the NHWC / HWIO /
+// NHWC buffers in the forward convolution's roles, whichever of them is the
+// output, each holding the members one after another.
+ffi::Error Run(Kind kind, const Geometry& g, int64_t members, float* src, float* weights, float* dst) {
   dnnl_status_t s = dnnl_success;
   dnnl_engine_t engine = Engine(&s);
   if (s != dnnl_success) return ffi::Error::Internal(Status("engine creation", s));
@@ -228,22 +232,38 @@ ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst
   // concurrent teams do not get one each (seen with 4 CPU devices).
   static std::mutex execute_mu;
   std::lock_guard<std::mutex> lock(execute_mu);
-  s = Execute(kind, *plan, engine, stream, g, src, weights, dst);
-  if (s != dnnl_success) return ffi::Error::Internal(Status("convolution", s));
+  const int64_t src_size = g.n * g.h * g.w * g.ci, w_size = g.kh * g.kw * g.ci * g.co, dst_size = g.n * g.oh * g.ow * g.co;
+  for (int64_t m = 0; m < members; ++m) {
+    s = Execute(kind, *plan, engine, stream, g, src + m * src_size, weights + m * w_size, dst + m * dst_size);
+    if (s != dnnl_success) return ffi::Error::Internal(Status("convolution", s));
+  }
   return ffi::Error::Success();
 }
 
 using F32 = ffi::Buffer<ffi::F32>;
 
+// The geometry of one convolution and the number of members (the product of the leading dimensions).
 ffi::Error MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::Span<const int64_t> y,
-                        int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t pb, int64_t pr, Geometry* g) {
-  if (x.size() != 4 || w.size() != 4 || y.size() != 4) {
-    return ffi::Error::InvalidArgument("synthjax oneDNN conv: expected rank-4 NHWC / HWIO / NHWC buffers");
+                        int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t pb, int64_t pr, Geometry* g,
+                        int64_t* members) {
+  if (x.size() < 4 || w.size() != x.size() || y.size() != x.size()) {
+    return ffi::Error::InvalidArgument("synthjax oneDNN conv: expected NHWC / HWIO / NHWC buffers of equal rank >= 4");
   }
-  if (w[2] != x[3] || w[3] != y[3] || x[0] != y[0]) {
+  const size_t lead = x.size() - 4;
+  *members = 1;
+  for (size_t i = 0; i < lead; ++i) {
+    if (w[i] != x[i] || y[i] != x[i]) {
+      return ffi::Error::InvalidArgument("synthjax oneDNN conv: the member (leading) dimensions of the buffers disagree");
+    }
+    *members *= x[i];
+  }
+  const int64_t* xd = x.begin() + lead;  // one member's NHWC / HWIO / NHWC dimensions
+  const int64_t* wd = w.begin() + lead;
+  const int64_t* yd = y.begin() + lead;
+  if (wd[2] != xd[3] || wd[3] != yd[3] || xd[0] != yd[0]) {
     return ffi::Error::InvalidArgument("synthjax oneDNN conv: channel or batch sizes of input, kernel and output disagree");
   }
-  *g = Geometry{x[0], x[3], x[1], x[2], w[3], w[0], w[1], y[1], y[2], sh, sw, pt, pl, pb, pr};
+  *g = Geometry{xd[0], xd[3], xd[1], xd[2], wd[3], wd[0], wd[1], yd[1], yd[2], sh, sw, pt, pl, pb, pr};
   return ffi::Error::Success();
 }
 
@@ -254,22 +274,25 @@ ffi::Error MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, 
 ffi::Error ConvForward(F32 x, F32 w, ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                        int64_t pb, int64_t pr) {
   Geometry g;
-  if (auto e = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pl, pb, pr, &g); e.failure()) return e;
-  return Run(Kind::kForward, g, x.untyped_data(), w.untyped_data(), y->untyped_data());
+  int64_t members;
+  if (auto e = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pl, pb, pr, &g, &members); e.failure()) return e;
+  return Run(Kind::kForward, g, members, x.typed_data(), w.typed_data(), y->typed_data());
 }
 
 ffi::Error ConvBackwardData(F32 dy, F32 w, ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw, int64_t pt,
                             int64_t pl, int64_t pb, int64_t pr) {
   Geometry g;
-  if (auto e = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pl, pb, pr, &g); e.failure()) return e;
-  return Run(Kind::kBackwardData, g, dx->untyped_data(), w.untyped_data(), dy.untyped_data());
+  int64_t members;
+  if (auto e = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pl, pb, pr, &g, &members); e.failure()) return e;
+  return Run(Kind::kBackwardData, g, members, dx->typed_data(), w.typed_data(), dy.typed_data());
 }
 
 ffi::Error ConvBackwardWeights(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t pt,
                                int64_t pl, int64_t pb, int64_t pr) {
   Geometry g;
-  if (auto e = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pl, pb, pr, &g); e.failure()) return e;
-  return Run(Kind::kBackwardWeights, g, x.untyped_data(), dw->untyped_data(), dy.untyped_data());
+  int64_t members;
+  if (auto e = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pl, pb, pr, &g, &members); e.failure()) return e;
+  return Run(Kind::kBackwardWeights, g, members, x.typed_data(), dw->typed_data(), dy.typed_data());
 }
 
 }  // namespace
