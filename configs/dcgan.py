@@ -40,8 +40,8 @@ def get_config(arg=None):
     c.model.ema_decay = 0.99  # short runs: 0.999 would still weigh the random init by 0.14 after 2000 steps
     c.model.d_norm = ""  # '': BatchNorm (the paper); 'spectral' or 'none'
     c.model.conditional = False  # True: conditional BatchNorm in G, projection D (needs labelled data)
-    # 'auto': the measured fastest per backend and layer role; 'native'; 'matmul' (GEMM-only, faster under
-    # `synthjax.sweep --vmap` on CPU); or per role, e.g. 'out=im2col3x3,in=s2d_matmul' (synthjax/models/formulations.py)
+    # 'auto': the measured fastest per backend and layer role; 'native'; 'matmul' (GEMM-only); 'stack' (for
+    # stacks, below); or per role, e.g. 'out=im2col3x3,in=s2d_matmul' (synthjax/models/formulations.py)
     c.model.conv_impl = "auto"
     # A stack of members (synthjax.sweep --vmap) takes the 'stack' formulations: vmapped convolutions with
     # per-member kernels become slow grouped ones; GEMMs (and oneDNN's member-by-member calls) do not

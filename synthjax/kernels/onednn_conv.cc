@@ -9,9 +9,9 @@
 // so one handler serves every layer. Leading dimensions before N/H (all three
 // buffers alike) are members of a `jax.vmap` (a stack of runs): each member
 // is one convolution with its own kernel, run one after another in place,
-// without the slicing copies of a loop around the call. Why: on the DCGAN layers XLA:CPU's own
-// convolutions were slower than oneDNN's, the library PyTorch's CPU
-// convolutions use (docs/performance.md).
+// without the slicing copies of a loop around the call. Why oneDNN: on the
+// DCGAN layers XLA:CPU's own convolutions were slower than oneDNN's, the
+// library PyTorch's CPU convolutions use (docs/performance.md).
 //
 // Built by `make native` against the pip packages onednn-cpu-gomp (the
 // library, GNU OpenMP threading) and onednn-devel-cpu-gomp (the headers of
