@@ -50,6 +50,8 @@ CANDIDATES: dict[str, list[str]] = {
     "adam_b1_0": ["--config.opt.b1=0.0", "--config.opt.b2=0.99"],
     "linear_2400": ["--config.opt.schedule=linear", "--config.train.num_steps=2400"],
     "b128_linear_1400": ["--config.opt.schedule=linear", "--config.train.batch_size=128", "--config.train.num_steps=1400"],
+    "d32_4500": ["--config.model.d_width=32", "--config.train.num_steps=4500"],
+    "d32_7000": ["--config.model.d_width=32", "--config.train.num_steps=7000"],
 }
 BAR = {"minutes": 10.0, "confident": 0.80, "class_min": 0.06, "class_max": 0.14, "fid": 15.0}
 

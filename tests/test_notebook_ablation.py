@@ -4,15 +4,13 @@ import os
 import nbformat
 from nbclient import NotebookClient
 
-from tests.helpers.runs import use_compile_cache
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "notebooks", "ablation.ipynb")
 
 
 def test_ablation_notebook_runs_and_shows_table_and_plot(tmp_path, monkeypatch):
     monkeypatch.setenv("ABLATION_WORKDIR", str(tmp_path / "ablation"))
-    use_compile_cache(monkeypatch)  # the kernel inherits this process's environment
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]

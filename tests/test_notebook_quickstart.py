@@ -5,18 +5,14 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.helpers.runs import use_compile_cache
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-def test_quickstart_notebook_executes(monkeypatch):
+def test_quickstart_notebook_executes():
     path = os.path.join(REPO, "notebooks", "quickstart.ipynb")
     nb = nbformat.read(path, as_version=4)
-    use_compile_cache(monkeypatch)  # the kernel inherits this process's environment
-    monkeypatch.setenv("SYNTHJAX_NOTEBOOK_SMOKE", "1")
-    monkeypatch.setenv("SYNTHJAX_REPO", REPO)
+    os.environ.update(SYNTHJAX_NOTEBOOK_SMOKE="1", SYNTHJAX_REPO=REPO, JAX_PLATFORMS="cpu")
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]

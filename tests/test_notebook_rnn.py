@@ -5,18 +5,23 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.helpers.runs import use_compile_cache
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-def test_rnn_notebook_executes(monkeypatch):
+def test_rnn_notebook_executes():
     nb = nbformat.read(os.path.join(REPO, "notebooks", "rnn.ipynb"), as_version=4)
-    use_compile_cache(monkeypatch)  # the kernel inherits this process's environment
-    monkeypatch.setenv("SYNTHJAX_NOTEBOOK_SMOKE", "1")
-    monkeypatch.setenv("SYNTHJAX_REPO", REPO)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": REPO}}).execute()
+    env = dict(SYNTHJAX_NOTEBOOK_SMOKE="1", SYNTHJAX_REPO=REPO, JAX_PLATFORMS="cpu")
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": REPO}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # samples, canvases, prediction

@@ -57,15 +57,6 @@ def jax_env(devices: int = 1, **extra: str) -> dict[str, str]:
     return env
 
 
-def use_compile_cache(monkeypatch) -> None:
-    """Let processes this test starts (e.g. a notebook's kernel, which inherits this process's environment)
-    share the persistent compilation cache of the `jax_env` subprocesses: the notebooks train the same smoke
-    configs as the end-to-end runs, on one CPU device."""
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", COMPILE_CACHE)
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-
-
 def train_args(config: str, workdir: str, *overrides: str, delay: float | None = None) -> list[str]:
     """argv for train.py (or the slowed launcher when `delay` seconds per step are wanted)."""
     entry = [SLOW_TRAIN, str(delay)] if delay else [os.path.join(REPO, "train.py")]
