@@ -211,7 +211,8 @@ def main(argv=None) -> None:
         if n in ours:
             profiles[n] = profile(prepared[n], args.trace_steps)
             if args.hlo_dir:
-                path = os.path.join(args.hlo_dir, f"hlo_{args.tag or 'default'}_{n}.txt")
+                os.makedirs(args.hlo_dir, exist_ok=True)
+                path = os.path.join(args.hlo_dir, f"hlo_{args.workload}_{args.tag or 'default'}_{n}.txt")
                 with open(path, "w") as f:
                     f.write(prepared[n].compiled.as_text())
 

@@ -1,6 +1,7 @@
 """Image grids and PNG files."""
 from __future__ import annotations
 
+import io
 import math
 import os
 
@@ -26,14 +27,29 @@ def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 2) -> np.n
     return grid
 
 
-def save_png(path: str, image_hwc: np.ndarray) -> None:
-    """Write a uint8 (H, W, 1|3) image as PNG."""
+def png_bytes(image_hwc: np.ndarray) -> bytes:
+    """A uint8 (H, W, 1|3) image encoded as PNG at zlib level 1: a 64-image grid encodes
+    4x faster than at Pillow's default level for files ~15% larger (the loop writes grids
+    from a background thread that shares the interpreter with the one dispatching steps)."""
     from PIL import Image
 
     image = np.asarray(image_hwc)
-    tmp = f"{path}.tmp"  # renamed into place: a run killed mid-write leaves no truncated PNG
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format="PNG")
+    out = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write `data` to a temporary file renamed into place: a run killed mid-write leaves no truncated file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
+
+
+def save_png(path: str, image_hwc: np.ndarray) -> None:
+    """Write a uint8 (H, W, 1|3) image as PNG."""
+    write_bytes_atomic(path, png_bytes(image_hwc))
 
 
 def save_grid(path: str, images01: np.ndarray, ncol: int | None = None) -> None:

@@ -117,8 +117,9 @@ class MetricWriter:
         tb = os.path.join(workdir, "tensorboard")
         self.stacked = members is not None
         self.tb = [SummaryWriter(os.path.join(tb, name)) for name in members] if self.stacked else [SummaryWriter(tb)]
-        # Sample grids are fetched, encoded and written by one background thread: a 64x64 RGB grid costs
-        # ~0.3 s of PNG encoding (which releases the GIL), time the loop spends dispatching steps instead.
+        # Sample grids are fetched, encoded (once, for the PNG file and TensorBoard) and written by one
+        # background thread, so the loop goes on dispatching steps; that thread still shares the interpreter
+        # with the loop, hence the cheap encoding (docs/performance.md, "The loop end to end").
         self.grids = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthjax-grids")
         self.pending: list = []
         self.tb_lock = threading.Lock()  # TensorBoard writes come from both threads
@@ -149,9 +150,10 @@ class MetricWriter:
 
     def _write_grid(self, path: str, step: int, samples: jax.Array, member: int) -> None:
         grid = images.make_grid(images.to_uint8(np.asarray(samples)))
-        images.save_png(path, grid)
-        with self.tb_lock:
-            self.tb[member].add_image("samples", grid, step, dataformats="HWC")
+        png = images.png_bytes(grid)
+        images.write_bytes_atomic(path, png)
+        with self.tb_lock:  # the same PNG: tensorboardX's add_image would resample and encode it again
+            self.tb[member].file_writer.add_summary(png_summary("samples", grid.shape, png), step)
             self.tb[member].flush()
 
     def _raise_failed(self) -> None:
@@ -180,6 +182,14 @@ class MetricWriter:
             self.timing.close()
             for tb in self.tb:
                 tb.close()
+
+
+def png_summary(tag: str, shape: tuple[int, int, int], png: bytes):
+    """A TensorBoard image summary holding an already encoded PNG of `shape` (H, W, C)."""
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    image = Summary.Image(height=shape[0], width=shape[1], colorspace=shape[2], encoded_image_string=png)
+    return Summary(value=[Summary.Value(tag=tag, image=image)])
 
 
 def import_summary_writer():

@@ -80,4 +80,21 @@ def test_keep_best_keeps_the_best_evaluated_checkpoint_across_a_resume(tmp_path)
     meta = json.load(open(os.path.join(workdir, "checkpoints.best", str(step), "meta", "metadata")))
     assert meta["best"] == {"metric": "eval/neg_elbo", "value": evals[best_step], "step": best_step}
     events = glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
-    assert events and any(b"samples" in open(e, "rb").read() for e in events)
+    pngs = {step: image.encoded_image_string for e in events for step, image in tensorboard_images(e, "samples")}
+    assert pngs[8] == open(os.path.join(workdir, "samples", "step_0000008.png"), "rb").read()  # the grid, as a PNG
+
+
+def tensorboard_images(path: str, tag: str):
+    """(step, Summary.Image) of each image summary `tag` in a TensorBoard event file (TFRecord framing:
+    8-byte length, 4-byte CRC, the Event, 4-byte CRC)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    data = open(path, "rb").read()
+    at = 0
+    while at < len(data):
+        n = int.from_bytes(data[at:at + 8], "little")
+        event = Event.FromString(data[at + 12:at + 12 + n])
+        at += 12 + n + 4
+        for value in event.summary.value:
+            if value.tag == tag and value.HasField("image"):
+                yield event.step, value.image

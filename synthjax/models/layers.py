@@ -320,14 +320,14 @@ def _up_dgrad_fwd(x: Array, kernel: Array, precision: Any) -> tuple[Array, tuple
 up_dgrad.defvjp(_up_dgrad_fwd, _up_strided_conv_bwd)
 
 
-def up_gemm_col2im(x: Array, kernel: Array, precision: Any = None) -> Array:
+def up_gemm_col2im_forward(x: Array, kernel: Array, precision: Any = None) -> Array:
     """One GEMM from each input pixel to its 16 taps' contributions, then each output pixel sums its four.
 
     `p = x @ w` as (B, H, W, 4, 4, Cout); output phase (a, b) at (m, n) is
     `sum_{t,u} p[m + a + t - 1, n + b + u - 1, 2t + a, 2u + b]` (the module
     docstring's sub-pixel view with the GEMM first). Exact FLOPs in one GEMM
     of width 16*Cout, which suits narrow image layers (64 -> 3: width 48),
-    where convolution kernels tile the 3 output channels badly. Plain autodiff.
+    where convolution kernels tile the 3 output channels badly.
     In bfloat16 the taps are rounded to bfloat16 before the four-tap sum (a
     convolution kernel accumulates all 16 in float32): for 64->3 on random
     data, relative RMS error 0.0039 against float32 where the convolution has
@@ -340,6 +340,26 @@ def up_gemm_col2im(x: Array, kernel: Array, precision: Any = None) -> Array:
     phases = [sum(taps[:, a + t:a + t + h, c + u:c + u + w, 2 * t + a, 2 * u + c] for t in (0, 1) for u in (0, 1))
               for a in (0, 1) for c in (0, 1)]
     return _interleave_phases(phases)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def up_gemm_col2im(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """`up_gemm_col2im_forward`, differentiated as `up_gemm_vjp` is: im2col of the cotangent and two GEMMs.
+
+    Autodiff of the forward's sixteen tap slices gives a pad-and-select fusion
+    that builds the (B, H, W, 16*Cout) tap gradient element by element, the
+    longest kernel of a GPU stack step; the cotangent's im2col is the same
+    array as one strided copy (docs/performance.md, "Stacks of members").
+    Reverse over reverse works, forward mode does not (custom_vjp).
+    """
+    return up_gemm_col2im_forward(x, kernel, precision)
+
+
+def _up_gemm_col2im_fwd(x: Array, kernel: Array, precision: Any) -> tuple[Array, tuple[Array, Array]]:
+    return up_gemm_col2im_forward(x, kernel, precision), (x, kernel)
+
+
+up_gemm_col2im.defvjp(_up_gemm_col2im_fwd, _up_gemm_vjp_bwd)
 
 
 def _phase_kernel(kernel: Array, a: int, b: int) -> Array:

@@ -94,10 +94,11 @@ def test_down_matches_flax_conv(shape: tuple, impls: list) -> None:
     (layers.up_gemm_vjp, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2)),
     (layers.up_subpixel, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2)),
     (layers.up_dgrad, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2)),
+    (layers.up_gemm_col2im, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2)),
     (layers.down_gemm_vjp, layers.down_native, (2, 7, 6, 3), (4, 4, 3, 2)),
     pytest.param(layers.up_onednn, layers.up_native, (2, 5, 4, 3), (4, 4, 3, 2), marks=needs_onednn),
     pytest.param(layers.down_onednn, layers.down_native, (2, 7, 6, 3), (4, 4, 3, 2), marks=needs_onednn),
-], ids=["up_gemm", "up_subpixel", "up_dgrad", "down_odd", "up_onednn", "down_onednn_odd"])
+], ids=["up_gemm", "up_subpixel", "up_dgrad", "up_gemm_col2im", "down_odd", "up_onednn", "down_onednn_odd"])
 def test_custom_vjp_second_order_matches_native(fast, native, x_shape: tuple, k_shape: tuple) -> None:
     """Reverse-over-reverse through the custom backward, as gradient penalties (R1, WGAN-GP) need."""
     x, k = normal(x_shape, 4), normal(k_shape, 5)
