@@ -52,6 +52,7 @@ CANDIDATES: dict[str, list[str]] = {
     "b128_linear_1400": ["--config.opt.schedule=linear", "--config.train.batch_size=128", "--config.train.num_steps=1400"],
     "d32_4500": ["--config.model.d_width=32", "--config.train.num_steps=4500"],
     "d32_7000": ["--config.model.d_width=32", "--config.train.num_steps=7000"],
+    "d32_7000_r1_0.1": ["--config.model.d_width=32", "--config.train.num_steps=7000", "--config.objective.penalty_weight=0.1"],
 }
 BAR = {"minutes": 10.0, "confident": 0.80, "class_min": 0.06, "class_max": 0.14, "fid": 15.0}
 
