@@ -534,6 +534,9 @@ class StackRun:
         self.eval_pipeline = stack_data(get_source(d, d.eval_split), configs, stack, 7919, 0, 2)
         init_keys, self.step_keys, self.eval_keys, self.grid_keys = stack.keys([c.seed for c in configs])
         self.steps_per_call = resolve_steps_per_call(t.steps_per_call, dp)
+        # One jit of the step, called inside every compiled call and traced for the metric shapes: jax caches a
+        # jitted function's trace by its arguments' shapes, so the step is traced once, not once more per use.
+        self.step_fn = jax.jit(stack.train_step)
         self.calls: dict[int, Callable] = {}
         if self.is_main:
             where = (f"on the devices ({on_device.split_bytes(source) / dp.data_shards / 2**20:.1f} MiB each)" if held
@@ -574,7 +577,7 @@ class StackRun:
         """Shapes of one step's metrics (per member in a stack), traced without running anything."""
         data, draw = self._data_for(1), self._draw()
         spec = P(AXIS) if draw else self.dp.steps_batch_spec()
-        step = lambda st, d, key: self.stack.train_step(st, draw(d, st) if draw else jax.tree.map(lambda x: x[0], d), key)
+        step = lambda st, d, key: self.step_fn(st, draw(d, st) if draw else jax.tree.map(lambda x: x[0], d), key)
         shapes = jax.eval_shape(self.dp.compile_step(step, donate_state=False, batch_spec=spec), self.state, data, self.step_keys)
         return self.dp.logical_shapes(shapes[1])
 
@@ -598,7 +601,7 @@ class StackRun:
         """The compiled call of k steps (a few distinct k per run: K, and shorter ones where cadences cut in)."""
         if k not in self.calls:
             spec = P(AXIS) if self.dataset is not None else self.dp.steps_batch_spec()
-            self.calls[k] = self.dp.compile_call(steps_lib.scan_call(self.stack.train_step, self._draw(), k), spec)
+            self.calls[k] = self.dp.compile_call(steps_lib.scan_call(self.step_fn, self._draw(), k), spec)
         return self.calls[k]
 
     def close(self) -> None:

@@ -30,3 +30,26 @@ def repo_root() -> str:
 def config_path(name: str) -> str:
     """Absolute path of configs/<name>."""
     return os.path.join(REPO, "configs", name)
+
+
+# Run order (pytest-xdist hands tests out in this order): the resume tests first, as they are the longest and
+# compile each family's smoke programs into the shared persistent cache (tests/helpers/runs.py); the notebooks
+# next, whose kernels then find those programs compiled; everything else after, in file order.
+RUN_FIRST = ("test_resume.py", "test_notebook_")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = os.path.basename(str(item.fspath))
+        return next((i for i, prefix in enumerate(RUN_FIRST) if name.startswith(prefix)), len(RUN_FIRST))
+
+    items.sort(key=rank)  # stable: file order within each rank
+
+
+def pytest_configure(config):
+    """Under `--dist loadgroup`, pytest-xdist sends the tests of one `xdist_group` (modules whose tests share an
+    expensive fixture) to one worker by rewriting each test's `_nodeid`; pytest 9.2 no longer reads that
+    attribute, so the groups would be silently ignored and each shared fixture built once per worker."""
+    if config.getoption("dist", "no") == "loadgroup" and not hasattr(pytest.Item, "_nodeid"):
+        raise pytest.UsageError(f"pytest {pytest.__version__} ignores pytest-xdist's xdist_group marks; install the "
+                                "pytest version that pyproject.toml's dev extra names (make install)")

@@ -172,28 +172,26 @@ def test_log_likelihood_is_a_finite_bound_in_nats_per_image():
 
 
 def test_vmapped_ddpm_step_equals_member_steps():
-    """Seed, learning rate and EMA decay as stacked hyperparameters: the same numbers as each member's own step."""
+    """Seed, learning rate and EMA decay as stacked hyperparameters: the same numbers as each member's own step
+    (on one device: tests/test_sweep.py checks stacks split over devices)."""
     from synthjax.data import build_pipeline, get_source
-    from synthjax.parallel import DataParallel
+    from synthjax.parallel import DataParallel, make_mesh
+    from synthjax.stack import Stack, StackState, stack_trees
 
     members = [["seed=0"], ["seed=1", "opt.lr=3e-3", "model.ema_decay=0.9"]]
     configs = [load_config(os.path.join(REPO, "configs", "ddpm.py:smoke"), m) for m in members]
     source = get_source(configs[0].data)
     trainers = [build_trainer(c, source.image_shape, source.num_classes) for c in configs]
-    trainer, dp = trainers[0], DataParallel("shard_map")
+    mesh = make_mesh(jax.devices()[:1])
+    trainer, dp = trainers[0], DataParallel("shard_map", mesh)
     assert set(trainer.vmappable_keys) == {"seed", "opt.lr", "model.ema_decay"}
     pipeline = build_pipeline(source, configs[0].train.batch_size, 0, trainer.preprocess, num_threads=0)
     batches = [dp.put_batch(next(pipeline)) for _ in range(2)]
     init = jax.jit(trainer.create_state)
     states = [init(jax.random.key(c.seed)) for c in configs]
-    hps = [t.hparams() for t in trainers]
     keys = [jax.random.key(100 + c.seed) for c in configs]
-    from synthjax.parallel import DataParallel
-    from synthjax.stack import Stack, StackState, stack_trees
-
-    del hps  # the stack reads each member's hyperparameters itself
-    stack = Stack(trainers, "halt", shared_data_order=True)
-    sdp = DataParallel("shard_map", stacked_state=True)
+    stack = Stack(trainers, "halt", shared_data_order=True)  # it reads each member's hyperparameters itself
+    sdp = DataParallel("shard_map", mesh, stacked_state=True)
     stacked_step = sdp.compile_step(stack.train_step)
     carry = sdp.put_state(StackState(stack_trees(states), jnp.zeros(len(states), jnp.int32)))
     for batch in batches:

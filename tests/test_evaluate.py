@@ -2,13 +2,10 @@
 the fid10k/fid50k presets, and sample features that are the same on 1 or 4 devices and 1 or 2 processes.
 
 One tiny classifier (a few steps) and one smoke DCGAN run (with periodic
-evaluation switched on) are built once per session under a file lock in the
-directory xdist workers share, so the module costs one training whichever
-workers its tests land on (`--dist loadgroup` does not group them with
-pytest 9 + xdist 3.8). Tests that write into the run get their own copy.
+evaluation switched on) are module fixtures, built once: the module's tests
+run on one xdist worker (`xdist_group`). Tests that write into the run get
+their own copy.
 """
-import contextlib
-import fcntl
 import json
 import math
 import os
@@ -29,26 +26,14 @@ from synthjax.metrics import FeatureExtractor, InputSpec, frechet_distance, gaus
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(num=200, num_ref=500)  # 200 > 129: enough for a non-singular 128-d FID covariance
 QUIET = dict(log=lambda _: None)
-
-
-@contextlib.contextmanager
-def built_once(tmp_path_factory, name: str):
-    """Yield (directory, done) under an exclusive lock in the temp root shared by all xdist workers."""
-    root = tmp_path_factory.getbasetemp()
-    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
-    path = root / name
-    with open(root / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield path, (path / ".done").exists()
-        (path / ".done").touch()
+pytestmark = pytest.mark.xdist_group("evaluate")
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """A private $SYNTHJAX_CACHE holding a classifier trained for a few steps (the default trains 2000)."""
-    with built_once(tmp_path_factory, "synthjax-eval-cache") as (root, done):
-        if not done:
-            clf.train_and_save(root / clf.WEIGHTS_FILE, steps=40, **QUIET)
+    root = tmp_path_factory.mktemp("synthjax-eval-cache")
+    clf.train_and_save(root / clf.WEIGHTS_FILE, steps=40, **QUIET)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SYNTHJAX_CACHE", str(root))
         yield root
@@ -64,17 +49,16 @@ def gan_run(cache, tmp_path_factory):
     """configs/dcgan.py:smoke trained for 6 steps with evaluation every 3 steps (read-only: copy to write)."""
     from synthjax.train import train_and_evaluate
 
-    with built_once(tmp_path_factory, "synthjax-eval-gan") as (workdir, done):
-        if not done:
-            overrides = ["eval.every=3", "eval.num=200", "eval.num_ref=500", "eval.metrics=fid,kid,is,pr"]
-            train_and_evaluate(load_config(os.path.join(REPO, "configs/dcgan.py:smoke"), overrides), str(workdir))
-    return str(workdir)
+    workdir = str(tmp_path_factory.mktemp("synthjax-eval-gan"))
+    overrides = ["eval.every=3", "eval.num=200", "eval.num_ref=500", "eval.metrics=fid,kid,is,pr"]
+    train_and_evaluate(load_config(os.path.join(REPO, "configs/dcgan.py:smoke"), overrides), workdir)
+    return workdir
 
 
 @pytest.fixture
 def gan_workdir(gan_run, tmp_path):
     """A private copy of the smoke GAN run, for tests that write eval.json."""
-    return str(shutil.copytree(gan_run, tmp_path / "gan", ignore=shutil.ignore_patterns(".done")))
+    return str(shutil.copytree(gan_run, tmp_path / "gan"))
 
 
 def test_periodic_evaluation_is_logged_like_other_metrics(gan_run):

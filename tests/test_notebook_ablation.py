@@ -4,13 +4,14 @@ import os
 import nbformat
 from nbclient import NotebookClient
 
+from tests.helpers.runs import notebook_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "notebooks", "ablation.ipynb")
 
 
 def test_ablation_notebook_runs_and_shows_table_and_plot(tmp_path, monkeypatch):
-    monkeypatch.setenv("ABLATION_WORKDIR", str(tmp_path / "ablation"))
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    notebook_env(monkeypatch, ABLATION_WORKDIR=str(tmp_path / "ablation"))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]

@@ -5,23 +5,16 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.helpers.runs import notebook_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-def test_rnn_notebook_executes():
+def test_rnn_notebook_executes(monkeypatch):
     nb = nbformat.read(os.path.join(REPO, "notebooks", "rnn.ipynb"), as_version=4)
-    env = dict(SYNTHJAX_NOTEBOOK_SMOKE="1", SYNTHJAX_REPO=REPO, JAX_PLATFORMS="cpu")
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": REPO}}).execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    notebook_env(monkeypatch, SYNTHJAX_NOTEBOOK_SMOKE="1", SYNTHJAX_REPO=REPO)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": REPO}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # samples, canvases, prediction

@@ -56,6 +56,8 @@ def kill_and_resume(config: str, tmp_path, overrides: tuple[str, ...]) -> None:
     ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
     result = runs.run(runs.train_args(config, ref, *overrides))
     assert result.returncode == 0, result.stderr[-3000:]
+    # The reference is also each family's end-to-end run (tests/test_train_e2e.py runs the other configs).
+    runs.assert_complete_run(ref, result.stdout, NUM_STEPS, log_every=2, sample_every=3, ckpt_every=3)
 
     seed = random.randrange(2**32)
     log = str(tmp_path / "cut.log")

@@ -12,6 +12,8 @@ from synthjax.errors import UserError
 from synthjax.trainers import build_trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One xdist worker runs this module, so its trained runs (a module fixture) are trained once, not once per worker.
+pytestmark = pytest.mark.xdist_group("sample_tools")
 
 
 def trainer_of(name: str, *overrides: str):

@@ -57,6 +57,15 @@ def jax_env(devices: int = 1, **extra: str) -> dict[str, str]:
     return env
 
 
+def notebook_env(monkeypatch, **extra: str) -> None:
+    """Environment for a notebook's kernel (which inherits this process's): the CPU backend and the persistent
+    compilation cache of the `jax_env` subprocesses. The notebooks apply `synthjax.tuning` as train.py does and
+    train the smoke configs that the resume tests run on one device, so their programs are already compiled."""
+    for key, value in {"JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": COMPILE_CACHE,
+                       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **extra}.items():
+        monkeypatch.setenv(key, value)
+
+
 def train_args(config: str, workdir: str, *overrides: str, delay: float | None = None) -> list[str]:
     """argv for train.py (or the slowed launcher when `delay` seconds per step are wanted)."""
     entry = [SLOW_TRAIN, str(delay)] if delay else [os.path.join(REPO, "train.py")]
@@ -154,3 +163,21 @@ def tail(path: str, n: int = 3000) -> str:
             return f.read()[-n:]
     except OSError:
         return ""
+
+
+def assert_complete_run(workdir: str, stdout: str, num_steps: int, log_every: int, sample_every: int, ckpt_every: int,
+                        keep: int = 3) -> None:
+    """What a finished `train.py` run leaves: finite metrics at the log cadence with a held-out evaluation last,
+    sample grids and the newest `keep` checkpoints at their cadences, TensorBoard events and the config it ran."""
+    assert "synthjax:" in stdout and f"step {num_steps}/{num_steps}" in stdout
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    assert [r["step"] for r in lines if "eval/" not in "".join(r)] == list(range(log_every, num_steps + 1, log_every))
+    assert all(np.isfinite(v) for r in lines for v in r.values() if not isinstance(v, str))  # eval/split names the split
+    assert any(k.startswith("eval/") for k in lines[-1]) and lines[-1]["eval/split"] == "test"  # held out
+    grids = [f"step_{s:07d}.png" for s in range(sample_every, num_steps + 1, sample_every)]
+    assert sorted(os.listdir(os.path.join(workdir, "samples"))) == grids
+    assert committed_steps(workdir) == list(range(ckpt_every, num_steps + 1, ckpt_every))[-keep:]
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["train"]["num_steps"] == num_steps

@@ -10,6 +10,8 @@ from synthjax.errors import UserError
 from synthjax.metrics import classifier as clf
 
 QUIET = dict(log=lambda _: None)
+# One xdist worker runs this module, so the classifier its tests share (a module fixture) is trained once.
+pytestmark = pytest.mark.xdist_group("classifier")
 
 
 @pytest.fixture(scope="module")
