@@ -177,7 +177,8 @@ def assert_complete_run(workdir: str, stdout: str, num_steps: int, log_every: in
     assert any(k.startswith("eval/") for k in lines[-1]) and lines[-1]["eval/split"] == "test"  # held out
     grids = [f"step_{s:07d}.png" for s in range(sample_every, num_steps + 1, sample_every)]
     assert sorted(os.listdir(os.path.join(workdir, "samples"))) == grids
-    assert committed_steps(workdir) == list(range(ckpt_every, num_steps + 1, ckpt_every))[-keep:]
+    kept = [str(s) for s in range(ckpt_every, num_steps + 1, ckpt_every)][-keep:]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == sorted(kept)  # and nothing half-written
     assert os.listdir(os.path.join(workdir, "tensorboard"))
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["train"]["num_steps"] == num_steps
