@@ -27,6 +27,12 @@ OVERRIDES = (
     "--config.train.eval_every=4",
 )
 STEP_DELAY = 0.25  # seconds per step in the run to be killed, so the kill lands between checkpoints
+# What the recurrent families' evaluations must report, checked on each reference run.
+EVAL_KEYS = {
+    "pixelrnn": {"eval/nll", "eval/bits_per_dim"},
+    "draw": {"eval/neg_elbo", "eval/rec", "eval/kl"},
+    "convlstm": {"eval/bce_per_frame", "eval/mse_per_frame", "eval/copy_last_mse_per_frame"},
+}
 
 
 def read(path: str) -> str:
@@ -37,7 +43,7 @@ def read(path: str) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: os.path.basename(c).split(".")[0])
 def test_run_killed_between_checkpoints_resumes_bit_exact(config, tmp_path):
-    kill_and_resume(config, tmp_path, OVERRIDES)
+    kill_and_resume(config, tmp_path, OVERRIDES, frozenset(EVAL_KEYS.get(config.partition(".py")[0], ())))
 
 
 # The loop's other paths: K steps per compiled call (cut at the cadences), and the host (grain) pipeline
@@ -51,13 +57,13 @@ def test_loop_paths_resume_bit_exact(path, tmp_path):
     kill_and_resume("vae_mlp.py:smoke", tmp_path, (*OVERRIDES, *LOOP_PATHS[path]))
 
 
-def kill_and_resume(config: str, tmp_path, overrides: tuple[str, ...]) -> None:
+def kill_and_resume(config: str, tmp_path, overrides: tuple[str, ...], eval_keys: frozenset[str] = frozenset()) -> None:
     """Run `config` to the end; run it again, SIGKILL it between checkpoints, rerun it; both must agree bit for bit."""
     ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
     result = runs.run(runs.train_args(config, ref, *overrides))
     assert result.returncode == 0, result.stderr[-3000:]
     # The reference is also each family's end-to-end run (tests/test_train_e2e.py runs the other configs).
-    runs.assert_complete_run(ref, result.stdout, NUM_STEPS, log_every=2, sample_every=3, ckpt_every=3)
+    runs.assert_complete_run(ref, result.stdout, NUM_STEPS, log_every=2, sample_every=3, ckpt_every=3, eval_keys=eval_keys)
 
     seed = random.randrange(2**32)
     log = str(tmp_path / "cut.log")

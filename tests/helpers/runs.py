@@ -166,15 +166,17 @@ def tail(path: str, n: int = 3000) -> str:
 
 
 def assert_complete_run(workdir: str, stdout: str, num_steps: int, log_every: int, sample_every: int, ckpt_every: int,
-                        keep: int = 3) -> None:
-    """What a finished `train.py` run leaves: finite metrics at the log cadence with a held-out evaluation last,
-    sample grids and the newest `keep` checkpoints at their cadences, TensorBoard events and the config it ran."""
+                        keep: int = 3, eval_keys: frozenset[str] = frozenset()) -> None:
+    """What a finished `train.py` run leaves: finite metrics at the log cadence with a held-out evaluation last
+    (holding `eval_keys`), sample grids and the newest `keep` checkpoints at their cadences, TensorBoard events
+    and the config it ran."""
     assert "synthjax:" in stdout and f"step {num_steps}/{num_steps}" in stdout
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         lines = [json.loads(line) for line in f]
     assert [r["step"] for r in lines if "eval/" not in "".join(r)] == list(range(log_every, num_steps + 1, log_every))
     assert all(np.isfinite(v) for r in lines for v in r.values() if not isinstance(v, str))  # eval/split names the split
     assert any(k.startswith("eval/") for k in lines[-1]) and lines[-1]["eval/split"] == "test"  # held out
+    assert eval_keys <= set(lines[-1]), f"the final evaluation lacks {sorted(eval_keys - set(lines[-1]))}"
     grids = [f"step_{s:07d}.png" for s in range(sample_every, num_steps + 1, sample_every)]
     assert sorted(os.listdir(os.path.join(workdir, "samples"))) == grids
     kept = [str(s) for s in range(ckpt_every, num_steps + 1, ckpt_every)][-keep:]
