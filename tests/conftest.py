@@ -32,9 +32,10 @@ def config_path(name: str) -> str:
     return os.path.join(REPO, "configs", name)
 
 
-# Run order (pytest-xdist hands tests out in this order): the resume tests first, as they are the longest and
-# compile each family's smoke programs into the shared persistent cache (tests/helpers/runs.py); the notebooks
-# next, whose kernels then find those programs compiled; everything else after, in file order.
+# Run order of the single tests (pytest-xdist hands them out in this order, after its `xdist_group` units,
+# which it sends first): the resume tests first, as they are the longest and compile each family's smoke
+# programs into the shared persistent cache (tests/helpers/runs.py); the notebooks next, whose kernels then
+# find those programs compiled; everything else after, in file order.
 RUN_FIRST = ("test_resume.py", "test_notebook_")
 
 
