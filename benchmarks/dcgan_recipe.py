@@ -53,6 +53,8 @@ CANDIDATES: dict[str, list[str]] = {
     "d32_4500": ["--config.model.d_width=32", "--config.train.num_steps=4500"],
     "d32_7000": ["--config.model.d_width=32", "--config.train.num_steps=7000"],
     "d32_7000_r1_0.1": ["--config.model.d_width=32", "--config.train.num_steps=7000", "--config.objective.penalty_weight=0.1"],
+    # Class-conditional (conditional BatchNorm in G, projection in D): does conditioning alone reach the bar?
+    "cond_d32_6500": ["--config.model.conditional=True", "--config.model.d_width=32", "--config.train.num_steps=6500"],
 }
 BAR = {"minutes": 10.0, "confident": 0.80, "class_min": 0.06, "class_max": 0.14, "fid": 15.0}
 
