@@ -3,7 +3,7 @@
     python -m benchmarks.vmap_seeds [--config configs/dcgan.py] [--seeds 8] [--rounds 3] [--batch 128]
         [--impl auto|matmul] [--vmap-impl auto|matmul] [--end-to-end STEPS]
 
-On one device, for the dcgan28 networks of configs/dcgan.py (batch 128 by
+On one device, for the networks of configs/dcgan.py (batch 128 by
 default): compiles the plain train step once and the N-seed vmapped step
 once (compile times reported separately), then times `rounds` rounds of
 [one step of each of the N seeds run one after another, one vmapped step of

@@ -45,9 +45,9 @@ from synthjax.trainers import build_trainer
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 # Reference workloads: (config file, overrides, image shape or None for the config's data).
-# The spec's DCGAN step has no penalty and Adam 2e-4; configs/dcgan.py trains with R1 (a second backward pass
-# through D) at 2e-3 and a generator half as wide.
-SPEC_DCGAN = ["objective.penalty=", "opt.lr=2e-4"]
+# The spec's DCGAN step is unconditional, has no penalty and Adam 2e-4; configs/dcgan.py trains a class-conditional
+# model with R1 (a second backward pass through D) at 2e-3, with networks half as wide.
+SPEC_DCGAN = ["model.conditional=false", "model.d_width=64", "objective.penalty=", "opt.lr=2e-4"]
 REFERENCE = {
     "dcgan28": ("dcgan.py", ["model.g_width=128", *SPEC_DCGAN], None),
     "dcgan64": ("dcgan.py", ["model.g_width=64", "model.use_bias=false", "model.project_bn=channel", *SPEC_DCGAN], (64, 64, 3)),

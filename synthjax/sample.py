@@ -122,9 +122,11 @@ def slerp(z0: np.ndarray, z1: np.ndarray, steps: int) -> np.ndarray:
     return np.where(sin < 1e-6, straight, curved)
 
 
-def decode_in_batches(trainer, state, z: np.ndarray, batch: int = 1000) -> np.ndarray:
+def decode_in_batches(trainer, state, z: np.ndarray, labels: np.ndarray | None = None, batch: int = 1000) -> np.ndarray:
+    """uint8 images of latents `z` (and, for a class-conditional model, `labels`; None: the classes in turn)."""
     decode = jax.jit(trainer.decode_latents)
-    return np.concatenate([images.to_uint8(np.asarray(decode(state, z[i : i + batch]))) for i in range(0, len(z), batch)])
+    part = lambda a, i: None if a is None else a[i : i + batch]  # noqa: E731
+    return np.concatenate([images.to_uint8(np.asarray(decode(state, part(z, i), part(labels, i)))) for i in range(0, len(z), batch)])
 
 
 def truncated_samples(trainer, state, num: int, seed: int, truncation: float) -> np.ndarray:
@@ -134,14 +136,16 @@ def truncated_samples(trainer, state, num: int, seed: int, truncation: float) ->
 
 
 def interpolations(trainer, state, rows: int, steps: int, seed: int, truncation: float = 0.0) -> np.ndarray:
-    """(rows * steps) uint8 images: each row walks from one latent to another (slerp)."""
+    """(rows * steps) uint8 images: each row walks from one latent to another (slerp); a class-conditional
+    model keeps one class per row (row r: class r mod num_labels)."""
     if steps < 2:
         raise UserError(f"--steps must be >= 2 for an interpolation (its two ends), got {steps}")
     k0, k1 = jax.random.split(jax.random.key(seed))
     z0 = np.asarray(trainer.sample_latents(k0, rows, truncation))
     z1 = np.asarray(trainer.sample_latents(k1, rows, truncation))
     path = slerp(z0, z1, steps).astype(np.float32)
-    return decode_in_batches(trainer, state, path.reshape(rows * steps, -1))
+    labels = np.repeat(np.arange(rows) % trainer.num_labels, steps).astype(np.int32) if trainer.num_labels else None
+    return decode_in_batches(trainer, state, path.reshape(rows * steps, -1), labels)
 
 
 def reconstructions(config, trainer, state, num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -98,7 +98,8 @@ def test_wrong_type_from_a_hand_edited_config_json(tmp_path):
 def test_image_size_the_architecture_cannot_build(tmp_path):
     path = str(tmp_path / "thirty.npz")
     np.savez(path, images=np.zeros((8, 30, 30, 1), np.uint8))
-    refuse(config(GAN, "data.name=npz", f"data.path={path}"), str(tmp_path / "w"), "data.image_size=30 is not supported by the DCGAN")
+    cfg = config(GAN, "data.name=npz", f"data.path={path}", "model.conditional=false")  # unlabelled images
+    refuse(cfg, str(tmp_path / "w"), "data.image_size=30 is not supported by the DCGAN")
 
 
 # --- datasets ------------------------------------------------------------------------------------

@@ -85,6 +85,22 @@ def test_truncation_and_interpolation_from_a_gan_run(runs, tmp_path, capsys):
     assert np.all(step_change < end_change)
 
 
+def test_a_class_conditional_gan_interpolates_within_one_class_per_row():
+    trainer = trainer_of("dcgan.py:smoke", "model.conditional=true")
+    state = trainer.create_state(jax.random.key(0))
+    # The per-class BatchNorm gains and biases start equal for every class: make the classes differ.
+    leaves, tree = jax.tree_util.tree_flatten(state.ema_params)
+    noise = [0.3 * jax.random.normal(jax.random.key(i), x.shape, x.dtype) for i, x in enumerate(leaves)]
+    state = state.replace(ema_params=jax.tree_util.tree_unflatten(tree, [x + n for x, n in zip(leaves, noise)]))
+    walk = sample.interpolations(trainer, state, rows=3, steps=4, seed=1)
+    k0, k1 = jax.random.split(jax.random.key(1))
+    path = sample.slerp(np.asarray(trainer.sample_latents(k0, 3)), np.asarray(trainer.sample_latents(k1, 3)), 4)
+    z = path.reshape(12, -1).astype(np.float32)
+    rows_of_one_class = sample.decode_in_batches(trainer, state, z, np.repeat(np.arange(3), 4).astype(np.int32))
+    np.testing.assert_array_equal(walk, rows_of_one_class)
+    assert not np.array_equal(walk, sample.decode_in_batches(trainer, state, z))  # not the classes in turn
+
+
 def test_vae_reconstructs_test_digits(runs, tmp_path, capsys):
     out = str(tmp_path / "r.npz")
     said = run_cli(capsys, "--workdir", runs["vae_mlp"], "--mode", "reconstruct", "--num", "12", "--out", out)

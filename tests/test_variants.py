@@ -119,21 +119,21 @@ def test_iwae_bound_is_logmeanexp_and_tightens_the_elbo():
 
 
 @pytest.mark.parametrize(
-    "overrides, message",
+    "overrides, num_classes, message",
     [
-        (["objective.loss=wgan"], r"unknown GAN loss 'wgan'.*valid: hinge, lsgan, minimax, ns, wasserstein"),
-        (["objective.penalty=gp"], r"unknown discriminator penalty 'gp'.*valid: dragan, none, r1, wgan_gp"),
-        (["model.arch=stylegan"], r"unknown GAN architecture 'stylegan'.*valid: dcgan, mlp, resnet"),
-        (["model.d_norm=layer"], r"model.d_norm='layer'.*valid: batch, spectral, none"),
-        (["objective.diffaugment=color,flip"], r"unknown DiffAugment op 'flip'.*valid: color, cutout, translation"),
-        (["objective.n_critic=3"], r"train.batch_size=16 must be a multiple of objective.n_critic=3"),
-        (["model.conditional=True", "data.name=folder"], r"model.conditional=True .* data.name='folder' has no labels"),
+        (["objective.loss=wgan"], 10, r"unknown GAN loss 'wgan'.*valid: hinge, lsgan, minimax, ns, wasserstein"),
+        (["objective.penalty=gp"], 10, r"unknown discriminator penalty 'gp'.*valid: dragan, none, r1, wgan_gp"),
+        (["model.arch=stylegan"], 10, r"unknown GAN architecture 'stylegan'.*valid: dcgan, mlp, resnet"),
+        (["model.d_norm=layer"], 10, r"model.d_norm='layer'.*valid: batch, spectral, none"),
+        (["objective.diffaugment=color,flip"], 10, r"unknown DiffAugment op 'flip'.*valid: color, cutout, translation"),
+        (["objective.n_critic=3"], 10, r"train.batch_size=16 must be a multiple of objective.n_critic=3"),
+        (["model.conditional=True", "data.name=folder"], 0, r"model.conditional=True .* data.name='folder' has no labels"),
     ],
 )
-def test_bad_gan_settings_fail_with_actionable_errors(overrides, message):
+def test_bad_gan_settings_fail_with_actionable_errors(overrides, num_classes, message):
     config = load_config(os.path.join(REPO, "configs", "dcgan.py:smoke"), overrides)
     with pytest.raises(UserError, match=message):
-        build_trainer(config, (28, 28, 1), 0)
+        build_trainer(config, (28, 28, 1), num_classes)
 
 
 def test_iwae_refuses_a_kl_weight():

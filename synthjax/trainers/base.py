@@ -19,7 +19,8 @@ of probing with `hasattr`; a family overrides what it offers:
   key)`: the config keys `synthjax.sweep --vmap` may stack
   (synthjax.trainers.vmappable says what they promise).
 - `requires_labels`: the family needs a labelled dataset (checked before
-  anything compiles).
+  anything compiles); `num_labels`, set per instance, is the number of
+  classes its samples are drawn for (0: unconditional).
 - `sweep_metric`: the training metric a sweep's table and plot show by default.
 `register` checks that a declared capability comes with its method.
 """
@@ -82,6 +83,7 @@ class Trainer(abc.ABC):
     log_likelihood_kind: str = "none"
     vmappable_keys: tuple[str, ...] = ()
     requires_labels: bool = False
+    num_labels: int = 0
     sweep_metric: str = ""
 
     def __init__(self, config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int = 0):
@@ -142,8 +144,9 @@ class Trainer(abc.ABC):
         (the truncation trick: fidelity for diversity)."""
         raise self._unsupported("latent sampling (--truncation, --mode interpolate)")
 
-    def decode_latents(self, state: Any, z: jax.Array) -> jax.Array:
-        """Images (N, H, W, C) in [0, 1] for latents `z` from `sample_latents` (or between them)."""
+    def decode_latents(self, state: Any, z: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        """Images (N, H, W, C) in [0, 1] for latents `z` from `sample_latents` (or between them); a
+        class-conditional model draws image i of class `labels[i]`, or of class i mod `num_labels` when None."""
         raise self._unsupported("decoding latents (--truncation, --mode interpolate)")
 
     def reconstruct(self, state: Any, x: jax.Array) -> jax.Array:

@@ -350,9 +350,11 @@ class GANTrainer(Trainer):
         """Generator inputs z (num, z_dim), truncated to [-truncation, truncation] when it is > 0."""
         return truncated_normal(key, (num, self.config.model.z_dim), truncation)
 
-    def decode_latents(self, state: GANState, z: jax.Array) -> jax.Array:
-        """The EMA generator's images in [0, 1] for inputs z; a conditional model cycles through the classes."""
-        num = z.shape[0]
-        y = jnp.arange(num, dtype=jnp.int32) % self.num_labels if self.num_labels else None
+    def decode_latents(self, state: GANState, z: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        """The EMA generator's images in [0, 1] for inputs z; a conditional model draws class `labels[i]` for
+        image i, or cycles through the classes when `labels` is None."""
+        y = None
+        if self.num_labels:
+            y = jnp.arange(z.shape[0], dtype=jnp.int32) % self.num_labels if labels is None else labels.astype(jnp.int32)
         x = self.generator.apply({"params": state.ema_params, "batch_stats": state.g_stats}, z, y, train=False)
         return jnp.clip((x + 1.0) * 0.5, 0.0, 1.0)

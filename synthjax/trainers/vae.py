@@ -164,8 +164,8 @@ class VAETrainer(Trainer):
         """Prior latents z (num, latent), truncated to [-truncation, truncation] when it is > 0."""
         return truncated_normal(key, (num, self.config.model.latent), truncation)
 
-    def decode_latents(self, state: VAEState, z: jax.Array) -> jax.Array:
-        return self.decode_mean(state, z)
+    def decode_latents(self, state: VAEState, z: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        return self.decode_mean(state, z)  # unconditional: no labels
 
     def reconstruct(self, state: VAEState, x: jax.Array) -> jax.Array:
         """The decoder's mean image at the posterior mean: decode(mu(x)), a deterministic reconstruction."""
