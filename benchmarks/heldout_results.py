@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNS: dict[str, tuple[str, list[str], bool, bool, int]] = {
     "dcgan": ("dcgan", [], False, True, 0),
     "gan_mlp": ("gan_mlp", [], False, True, 0),
+    "wgan_gp": ("wgan_gp", [], False, True, 0),
+    "cgan": ("cgan", [], False, True, 0),
     "vae_mlp": ("vae_mlp", [], True, True, 0),
     "iwae": ("iwae", [], True, True, 0),
     "vae_conv": ("vae_conv", ["--config.train.num_steps=1500"], True, True, 0),

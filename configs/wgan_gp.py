@@ -17,7 +17,12 @@ clipping instead of the penalty and a BatchNorm critic:
 (Adam in place of the paper's RMSProp). DRAGAN and R1 are
 --config.objective.penalty=dragan / r1 (use loss 'ns' with them).
 
-Reaches: not measured (only the smoke variant was run: 6 steps on CPU).
+Reaches (2,000 steps, 10,000 samples against the 2,000 test digits in the
+MNIST classifier's features): FID 60.6, 39.0% of samples >= 90% confident,
+classes 2.0-24.6%; 7.3 min on a 2-core CPU at its fastest. Early in
+training: the critic's penalty and 5 updates per generator step make the
+Wasserstein recipe the slowest GAN here to converge (benchmarks/RESULTS.md,
+"held-out figures of every config").
 """
 from synthjax.config import base_config, finalize
 
