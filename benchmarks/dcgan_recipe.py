@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # name -> overrides of configs/dcgan.py (class-conditional, widths 64 and 32, Adam 2e-3, R1 gamma 1, EMA 0.99,
 # 4,000 steps at batch 64). Each candidate restates the recipe it was measured against in RESULTS.md:
 UNCOND = ["--config.model.conditional=False", "--config.train.num_grid=64"]
-G64_D64 = [*UNCOND, "--config.model.d_width=64"]  # the shipped unconditional networks
+G64_D64 = [*UNCOND, "--config.model.d_width=64"]  # the unconditional networks shipped before the labels
 WIDE = [*G64_D64, "--config.model.g_width=128", "--config.train.num_steps=2000"]  # first two tables
 CANDIDATES: dict[str, list[str]] = {
     "shipped": [],
