@@ -157,20 +157,13 @@ RECORD_KEYS = ("model", "objective", "data.name", "data.image_size", "train.batc
 def record_path(config, image_shape: Sequence[int]) -> str:
     """Where the bench figure of this config on this machine is kept: `$SYNTHJAX_CACHE/bench/<hash>.json`,
     keyed by the config fields that shape the step and by the devices."""
-    from synthjax.config import to_dict
+    from synthjax.config import flat_dict
     from synthjax.metrics.classifier import cache_dir
 
-    flat = {k: v for k, v in _flatten(to_dict(config)).items() if k.startswith(RECORD_KEYS)}
+    flat = {k: v for k, v in flat_dict(config).items() if k.startswith(RECORD_KEYS)}
     key = json.dumps({"config": flat, "image_shape": list(image_shape), "device": device_name(), "devices": jax.device_count()},
                      sort_keys=True, default=str)
     return os.path.join(cache_dir(), "bench", hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def save_record(config, image_shape: Sequence[int], result: dict) -> None:

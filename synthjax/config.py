@@ -273,3 +273,19 @@ def load_config_dict(values: dict) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(values)
     config.lock()
     return config
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def flat_dict(config: ml_collections.ConfigDict) -> dict:
+    """The config as one level of dotted keys: {'opt.lr': 2e-4, ...}."""
+    return flatten(to_dict(config))

@@ -51,6 +51,7 @@ from jax.sharding import Mesh
 from synthjax import config as config_lib
 from synthjax import tuning
 from synthjax.errors import UserError
+from synthjax.files import write_atomic
 from synthjax.images import to_uint8
 from synthjax.metrics import (
     FeatureExtractor,
@@ -425,14 +426,8 @@ def evaluate_workdir(
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": round(time.perf_counter() - t0, 1),
     }
     if jax.process_index() == 0:
-        _write_json(Path(out or Path(workdir) / "eval.json"), result)
+        write_atomic(Path(out or Path(workdir) / "eval.json"), json.dumps(result, indent=2) + "\n")
     return result
-
-
-def _write_json(path: Path, result: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- presets

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import io
 import math
-import os
 
 import numpy as np
+
+from synthjax.files import write_atomic
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -39,17 +40,9 @@ def png_bytes(image_hwc: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write `data` to a temporary file renamed into place: a run killed mid-write leaves no truncated file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def save_png(path: str, image_hwc: np.ndarray) -> None:
     """Write a uint8 (H, W, 1|3) image as PNG."""
-    write_bytes_atomic(path, png_bytes(image_hwc))
+    write_atomic(path, png_bytes(image_hwc))
 
 
 def save_grid(path: str, images01: np.ndarray, ncol: int | None = None) -> None:

@@ -51,14 +51,12 @@ import copy
 import csv
 import dataclasses
 import difflib
-import functools
 import importlib.util
 import itertools
 import json
 import os
 import re
 import sys
-import time
 from typing import Any, Sequence
 
 import ml_collections
@@ -278,12 +276,6 @@ def group_runs(runs: list[Run], stacked: list[str]) -> list[list[Run]]:
 # ----------------------------------------------------------------------------- running
 
 
-def _flat_config(config: ml_collections.ConfigDict) -> dict:
-    from synthjax.train import flatten
-
-    return flatten(config_lib.to_dict(config))
-
-
 def summary_path(run: Run) -> str:
     """Where the sweep keeps a run's final summary: in its workdir, or its stack's summaries/ folder."""
     if run.member is None:
@@ -299,17 +291,17 @@ def finished_summary(run: Run) -> dict | None:
             saved = json.load(f)
     except (OSError, ValueError):
         return None
-    if saved.get("config") != _flat_config(run.config):
+    if saved.get("config") != config_lib.flat_dict(run.config):
         return None
     return saved.get("summary")
 
 
 def save_summary(run: Run, summary: dict) -> None:
-    from synthjax.train import write_atomic
+    from synthjax.files import write_atomic
 
     clean = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float, np.floating, np.integer))}
     os.makedirs(os.path.dirname(summary_path(run)), exist_ok=True)
-    write_atomic(summary_path(run), json.dumps({"config": _flat_config(run.config), "summary": clean}, indent=1))
+    write_atomic(summary_path(run), json.dumps({"config": config_lib.flat_dict(run.config), "summary": clean}, indent=1))
 
 
 def run_sequential(run: Run) -> dict:

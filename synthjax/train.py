@@ -2,7 +2,9 @@
 
 `train_and_evaluate(config, workdir)` is all of it. It talks to the model
 family only through the trainer interface (`synthjax.trainers.base`), so
-every family trains, resumes, logs and samples the same way.
+every family trains, resumes, logs and samples the same way. Beside it:
+`synthjax.workdir` (which run a workdir holds), `synthjax.writers`
+(metrics.jsonl, TensorBoard, sample grids), `synthjax.checkpoint`.
 
 Reliability contract (tested in tests/test_resume.py and friends):
 - Exact resume: a checkpoint holds the TrainState (parameters, optimiser,
@@ -23,12 +25,8 @@ Reliability contract (tested in tests/test_resume.py and friends):
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import jax
@@ -39,7 +37,6 @@ from jax.sharding import PartitionSpec as P, SingleDeviceSharding
 
 import synthjax.data
 from synthjax import config as config_lib
-from synthjax import images
 from synthjax import steps as steps_lib
 from synthjax.bench import bench_record
 from synthjax.checkpoint import Checkpointer, checksums_program
@@ -48,14 +45,11 @@ from synthjax.errors import UserError
 from synthjax.evaluate import periodic_evaluator
 from synthjax.models import formulations
 from synthjax.parallel import AXIS, DataParallel, make_mesh
-from synthjax.stack import NONFINITE, Stack, guard_nonfinite, stack_configs  # noqa: F401  (guard_nonfinite: re-exported for bench)
+from synthjax.stack import NONFINITE, Stack, stack_configs
 from synthjax.trainers import build_trainer
+from synthjax.workdir import prepare_members, prepare_workdir
+from synthjax.writers import MetricWriter, ProgressBar
 
-# Keys whose change makes an existing checkpoint meaningless for this config.
-# Config keys a checkpoint depends on (the model, or the shape and kind of its inputs): a change refuses the workdir.
-STRUCTURAL_PREFIXES = ("model.", "data.name", "data.image_size", "data.path", "data.binarize", "data.seq_len",
-                       "data.frame_size", "objective.likelihood")
-MIN_FREE_BYTES = 200 * 2**20
 BARRIER_TIMEOUT_S = 3600  # how long processes wait for each other to compile (big models, slow hosts)
 
 
@@ -92,212 +86,6 @@ def stack_data(source, configs: list, stack: Stack, seed_offset: int, threads: i
     batch = configs[0].train.batch_size
     pipelines = [build_pipeline(source, batch, s + seed_offset, stack.preprocess, threads, prefetch) for s in seeds]
     return StackData(pipelines, stack.per_member_batches)
-
-
-class MetricWriter:
-    """metrics.jsonl (deterministic), timing.jsonl (wall clock) and TensorBoard files; only process 0 writes.
-
-    A stack of several members writes one metrics.jsonl whose rows carry the
-    member's index (`"member": i`, in the order of `members.json`), and one
-    TensorBoard run per member (`tensorboard/<member name>`); a single run's
-    rows have no `member` field.
-    """
-
-    def __init__(self, workdir: str, enabled: bool, start_step: int, members: list[str] | None = None):
-        self.enabled = enabled
-        if not enabled:
-            return
-        SummaryWriter = import_summary_writer()
-        path = os.path.join(workdir, "metrics.jsonl")
-        # Lines after the checkpoint we start from (all of them on a fresh start) were
-        # logged by a run that was killed; this run logs those steps again.
-        truncate_jsonl(path, start_step)
-        self.jsonl = open(path, "a")
-        self.timing = open(os.path.join(workdir, "timing.jsonl"), "a")
-        tb = os.path.join(workdir, "tensorboard")
-        self.stacked = members is not None
-        self.tb = [SummaryWriter(os.path.join(tb, name)) for name in members] if self.stacked else [SummaryWriter(tb)]
-        # Sample grids are fetched, encoded (once, for the PNG file and TensorBoard) and written by one
-        # background thread, so the loop goes on dispatching steps; that thread still shares the interpreter
-        # with the loop, hence the cheap encoding (docs/performance.md, "The loop end to end").
-        self.grids = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthjax-grids")
-        self.pending: list = []
-        self.tb_lock = threading.Lock()  # TensorBoard writes come from both threads
-
-    def write(self, step: int, scalars: dict[str, float], member: int = 0) -> None:
-        if not self.enabled:
-            return
-        index = {"member": member} if self.stacked else {}
-        self.jsonl.write(json.dumps({"step": step, **index, **scalars}) + "\n")
-        self.jsonl.flush()
-        with self.tb_lock:
-            self._tensorboard(self.tb[member], step, scalars)
-
-    def write_timing(self, step: int, timing: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        self.timing.write(json.dumps({"step": step, **timing}) + "\n")
-        self.timing.flush()
-        with self.tb_lock:
-            self._tensorboard(self.tb[0], step, timing)
-
-    def write_grid(self, path: str, step: int, samples: jax.Array, member: int = 0) -> None:
-        """Images in [0, 1] (a device array, possibly still being computed) as one PNG grid at `path` and
-        a TensorBoard image, written in the background; `wait` returns once they are on disk."""
-        if self.enabled:
-            self._raise_failed()
-            self.pending.append(self.grids.submit(self._write_grid, path, step, samples, member))
-
-    def _write_grid(self, path: str, step: int, samples: jax.Array, member: int) -> None:
-        grid = images.make_grid(images.to_uint8(np.asarray(samples)))
-        png = images.png_bytes(grid)
-        images.write_bytes_atomic(path, png)
-        with self.tb_lock:  # the same PNG: tensorboardX's add_image would resample and encode it again
-            self.tb[member].file_writer.add_summary(png_summary("samples", grid.shape, png), step)
-            self.tb[member].flush()
-
-    def _raise_failed(self) -> None:
-        """Re-raise the error of a background grid write that failed (e.g. a full disk)."""
-        for f in [f for f in self.pending if f.done()]:
-            self.pending.remove(f)
-            f.result()
-
-    def wait(self) -> None:
-        """Block until every sample grid handed to `write_grid` is written; re-raise a failure."""
-        if self.enabled:
-            pending, self.pending = self.pending, []
-            for f in pending:
-                f.result()
-
-    @staticmethod
-    def _tensorboard(tb, step: int, scalars: dict[str, float]) -> None:
-        for name, value in scalars.items():
-            if isinstance(value, (int, float)):  # e.g. eval/split, cadence_seconds: in the JSONL files only
-                tb.add_scalar(name, value, step)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.grids.shutdown(wait=True)
-            self.jsonl.close()
-            self.timing.close()
-            for tb in self.tb:
-                tb.close()
-
-
-def png_summary(tag: str, shape: tuple[int, int, int], png: bytes):
-    """A TensorBoard image summary holding an already encoded PNG of `shape` (H, W, C)."""
-    from tensorboardX.proto.summary_pb2 import Summary
-
-    image = Summary.Image(height=shape[0], width=shape[1], colorspace=shape[2], encoded_image_string=png)
-    return Summary(value=[Summary.Value(tag=tag, image=image)])
-
-
-def import_summary_writer():
-    """tensorboardX's SummaryWriter, imported without PyTorch.
-
-    tensorboardX imports torch when it is installed only to accept torch
-    tensors; that costs seconds at every start (and every resume). Scalars
-    never need it, so torch is hidden during the import and left importable
-    afterwards.
-    """
-    import sys
-
-    hide = "torch" not in sys.modules
-    if hide:
-        sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX handles
-    try:
-        from tensorboardX import SummaryWriter
-    finally:
-        if hide:
-            del sys.modules["torch"]
-    return SummaryWriter
-
-
-def truncate_jsonl(path: str, last_step: int) -> None:
-    """Drop lines logged after `last_step` (by a run killed after its last checkpoint); atomic."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = f.readlines()
-    # A kill can also leave a torn last line: keep only complete lines up to last_step.
-    kept = [line for line in lines if line.endswith("\n") and _jsonl_step(line) <= last_step]
-    if len(kept) != len(lines):
-        write_atomic(path, "".join(kept))
-
-
-def _jsonl_step(line: str) -> float:
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return float("inf")
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename, so readers never see half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Create the workdir, prove it writable with free space, and refuse a workdir of another config.
-
-    Runs before anything is compiled or trained, so these mistakes cost seconds.
-    """
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_probe{jax.process_index()}")  # one per process: no races
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"workdir {workdir!r} is not writable ({e.strerror or e}); choose another --workdir") from None
-    free = shutil.disk_usage(workdir).free
-    if free < MIN_FREE_BYTES:
-        raise UserError(
-            f"workdir {workdir!r} has only {free // 2**20} MiB free; at least {MIN_FREE_BYTES // 2**20} MiB are needed "
-            "for checkpoints and samples. Free some space or choose another --workdir"
-        )
-    path = os.path.join(workdir, "config.json")
-    # Through JSON, as the saved copy went: a tuple field reads back as a list and is the same setting.
-    new = flatten(json.loads(json.dumps(config_lib.to_dict(config))))
-    if os.path.exists(path):
-        old = flatten(_read_json(path))
-        # A field the code no longer has (deleted because nothing read it) cannot have shaped the saved run.
-        retired = sorted(set(old) - set(new))
-        if retired and jax.process_index() == 0:
-            print(f"synthjax: ignoring settings of {workdir}/config.json that are no longer config fields: {', '.join(retired)}")
-        changed = [k for k in sorted(new) if old.get(k) != new.get(k)]
-        structural = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed if k.startswith(STRUCTURAL_PREFIXES)]
-        if structural:
-            raise UserError(
-                f"workdir {workdir!r} holds a run of a different model or data ({'; '.join(structural)}); "
-                "refusing to resume it. Use a new --workdir, or restore the original config"
-            )
-        if changed and jax.process_index() == 0:
-            print(f"synthjax: continuing {workdir} with changed settings: " + "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
-    if jax.process_index() == 0:
-        write_atomic(path, json.dumps(config_lib.to_dict(config), indent=2, sort_keys=True))
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path} ({e}); it should hold the config of the run in this workdir. Fix or remove it") from None
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{'a': {'b': 1}} -> {'a.b': 1}."""
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def check_inputs(trainer, source) -> None:
@@ -453,22 +241,6 @@ def make_parallel(config: ml_collections.ConfigDict, members: int) -> DataParall
         )
     shared = config.sweep.shared_data_order
     return DataParallel(mode, make_mesh(member_shards=shards), stacked_state=members > 1, stacked_batch=members > 1 and not shared)
-
-
-def prepare_members(workdir: str, configs: list, names: list[str] | None) -> list[str] | None:
-    """A stack's member names (None for a single run), written to members.json; a workdir of other members is refused."""
-    if len(configs) == 1:
-        return None
-    names = list(names or [f"seed={c.seed}" for c in configs])
-    if len(set(names)) != len(names):
-        raise UserError(f"stack members need distinct names, got {names}")
-    path = os.path.join(workdir, "members.json")
-    members = [{"name": n, "config": flatten(config_lib.to_dict(c))} for n, c in zip(names, configs)]
-    if os.path.exists(path) and [m["name"] for m in _read_json(path)["members"]] != names:
-        raise UserError(f"workdir {workdir!r} holds a stack of other members ({path}); use a new --workdir")
-    if jax.process_index() == 0:
-        write_atomic(path, json.dumps({"members": members}, indent=1, sort_keys=True))
-    return names
 
 
 HIGHER_IS_BETTER = ("is", "precision", "recall")
@@ -853,25 +625,3 @@ def all_diverged_message(step: int, diverged: dict[int, int], names: list[str], 
     where = f"step {last_good} in {directory}" if last_good is not None else "none"
     return (f"every member of the stack diverged (detected at step {step}): {which}. Last checkpoint: {where}. "
             "Lower opt.lr (or set opt.grad_clip), or set train.on_nonfinite='skip' to drop such updates")
-
-
-class ProgressBar:
-    """tqdm progress bar with step rate and current losses (a no-op when disabled)."""
-
-    def __init__(self, start: int, total: int, enabled: bool):
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
-        self.last = start
-
-    def update(self, step: int, scalars: dict[str, float]) -> None:
-        if self.bar is not None:
-            self.bar.update(step - self.last)
-            self.bar.set_postfix({k: f"{v:.3g}" for k, v in scalars.items()}, refresh=False)
-        self.last = step
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

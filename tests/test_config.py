@@ -70,18 +70,3 @@ def test_one_override_parser_takes_both_spellings():
     assert rest == ["--workdir", "w", "--num", "3"] and overrides == ["opt.lr=1e-4", "train.num_steps=5"]
     with pytest.raises(UserError, match="--config.opt.lr needs a value, e.g. --config.opt.lr=VALUE"):
         config_lib.split_overrides(["--config.opt.lr", "--workdir", "w"])
-
-
-def test_an_old_workdir_with_a_retired_field_still_resumes(tmp_path, capsys):
-    """A saved config.json may hold fields since deleted from the configs (nothing read them): they do not block a resume."""
-    import json
-
-    from synthjax.train import prepare_workdir
-
-    cfg = config_lib.load_config(os.path.join(REPO, "configs", "vae_mlp.py:smoke"))
-    saved = config_lib.to_dict(cfg)
-    saved["model"]["width"] = 0  # vae_mlp's unused field, as older workdirs saved it
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    prepare_workdir(str(tmp_path), cfg)
-    assert "no longer config fields: model.width" in capsys.readouterr().out
-    assert "width" not in json.loads((tmp_path / "config.json").read_text())["model"]

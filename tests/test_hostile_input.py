@@ -13,14 +13,15 @@ from helpers import runs
 from ml_collections import ConfigDict
 from PIL import Image
 
-from synthjax import train as train_lib
+from synthjax import workdir as workdir_lib
 from synthjax.checkpoint import Checkpointer
 from synthjax.config import load_config
 from synthjax.data import get_source
 from synthjax.errors import UserError
-from synthjax.train import prepare_workdir, train_and_evaluate
+from synthjax.train import train_and_evaluate
 from synthjax.trainers import TRAINERS, build_trainer
 from synthjax.trainers.vae import VAETrainer
+from synthjax.workdir import prepare_workdir
 
 VAE = "vae_mlp.py:smoke"
 GAN = "dcgan.py:smoke"
@@ -243,6 +244,6 @@ def test_read_only_workdir_via_the_immutable_attribute(tmp_path):
 
 def test_full_disk_is_refused_before_training(monkeypatch, tmp_path):
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(train_lib.shutil, "disk_usage", lambda path: usage._replace(free=10 * 2**20))
+    monkeypatch.setattr(workdir_lib.shutil, "disk_usage", lambda path: usage._replace(free=10 * 2**20))
     refuse(config(VAE), str(tmp_path), "has only 10 MiB free; at least 200 MiB are needed")
     assert not os.path.exists(os.path.join(tmp_path, "config.json"))

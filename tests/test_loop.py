@@ -189,19 +189,3 @@ def test_a_workdir_keeps_the_data_path_it_started_with(tmp_path):
         train_and_evaluate(config("data.on_device=on", "train.num_steps=7"), workdir)
     summary = train_and_evaluate(config("train.num_steps=7"), workdir)  # 'auto' follows the checkpoint
     assert summary["step"] == 7
-
-
-def test_sample_grids_are_written_in_the_background_and_a_failed_write_is_raised(tmp_path):
-    """The loop hands sample grids to a writer thread; `wait` returns once the PNG is on disk and re-raises
-    a write that failed, so a full disk or a bad path does not pass silently."""
-    from synthjax.train import MetricWriter
-
-    writer = MetricWriter(str(tmp_path), enabled=True, start_step=0)
-    samples = jnp.linspace(0, 1, 4 * 8 * 8).reshape(4, 8, 8, 1)
-    writer.write_grid(str(tmp_path / "grid.png"), 1, samples)
-    writer.wait()
-    assert (tmp_path / "grid.png").stat().st_size > 0 and not list(tmp_path.glob("*.tmp"))
-    writer.write_grid(str(tmp_path / "missing" / "grid.png"), 2, samples)
-    with pytest.raises(FileNotFoundError):
-        writer.wait()
-    writer.close()

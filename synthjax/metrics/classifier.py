@@ -42,6 +42,7 @@ import optax
 from flax import traverse_util
 
 from synthjax.errors import UserError
+from synthjax.files import save_npz_atomic
 from synthjax.metrics.extractors import FeatureExtractor, InputSpec
 
 ARCH = "cnn16s2-32s2-128-v1"
@@ -212,11 +213,7 @@ def save_weights(path: str | Path, params: dict, meta: dict) -> str:
     path = Path(path)
     flat = {k: np.asarray(v, np.float32) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
     digest = weights_sha256(flat)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append '.npz'
-        np.savez(f, **flat, **{META_KEY: np.array(json.dumps({**meta, "weights_sha256": digest}))})
-    os.replace(tmp, path)
+    save_npz_atomic(path, {**flat, META_KEY: np.array(json.dumps({**meta, "weights_sha256": digest}))})
     return digest
 
 

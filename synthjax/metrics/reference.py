@@ -16,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from synthjax.files import save_npz_atomic
 from synthjax.metrics.classifier import cache_dir
 from synthjax.metrics.extractors import FeatureExtractor
 from synthjax.metrics.frechet import gaussian_stats
@@ -84,14 +84,6 @@ def compute(images: np.ndarray, extractor: FeatureExtractor) -> dict[str, np.nda
     return arrays
 
 
-def _save_atomic(path: Path, arrays: dict, meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays, meta=np.array(json.dumps(meta)))
-    os.replace(tmp, path)
-
-
 def load_or_compute(
     dataset: dict,
     load_images: Callable[[], np.ndarray],
@@ -119,7 +111,7 @@ def load_or_compute(
         arrays = compute(images, extractor)
         meta = {"dataset": dataset, "content_sha256": content, "extractor": extractor.name,
                 "weights_hash": extractor.weights_hash, "num": len(images)}
-        _save_atomic(path, arrays, meta)
+        save_npz_atomic(path, {**arrays, "meta": np.array(json.dumps(meta))})
     score = arrays.get("inception_score")
     return ReferenceStats(
         arrays["mu"], arrays["sigma"], arrays["features"], None if score is None else tuple(map(float, score)),

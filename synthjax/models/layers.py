@@ -471,7 +471,30 @@ def down_conv2x(x: Array, kernel: Array, conv: ConvChoice = NATIVE, precision: A
 # --------------------------------------------------------------------------
 # Modules.
 # --------------------------------------------------------------------------
-class UpConv2x(nn.Module):
+class _Conv4x4Stride2(nn.Module):
+    """The parameters and call shared by UpConv2x and DownConv2x; `apply_conv` is their convolution."""
+
+    features: int
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+    precision: Any = None
+    conv: ConvChoice = NATIVE  # the formulation, resolved by synthjax.models.formulations
+
+    apply_conv = None  # up_conv2x or down_conv2x, set by the subclass
+
+    @nn.compact
+    def __call__(self, x_bhwc: Array) -> Array:
+        kernel = self.param("kernel", self.kernel_init, (4, 4, x_bhwc.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = promote_dtype(x_bhwc, kernel, bias, dtype=self.dtype)
+        y = type(self).apply_conv(x, kernel, self.conv, self.precision)
+        return y if bias is None else y + bias
+
+
+class UpConv2x(_Conv4x4Stride2):
     """PyTorch `ConvTranspose2d(Cin, features, 4, stride=2, padding=1)` on NHWC.
 
     Parameters `kernel` (4, 4, Cin, features) and `bias` (features,) are named,
@@ -482,25 +505,10 @@ class UpConv2x(nn.Module):
     up to float rounding. Computes in `dtype`, stores params in `param_dtype`.
     """
 
-    features: int
-    use_bias: bool = True
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    kernel_init: Initializer = nn.initializers.lecun_normal()
-    bias_init: Initializer = nn.initializers.zeros_init()
-    precision: Any = None
-    conv: ConvChoice = NATIVE  # the formulation, resolved by synthjax.models.formulations
-
-    @nn.compact
-    def __call__(self, x_bhwc: Array) -> Array:
-        kernel = self.param("kernel", self.kernel_init, (4, 4, x_bhwc.shape[-1], self.features), self.param_dtype)
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
-        x, kernel, bias = promote_dtype(x_bhwc, kernel, bias, dtype=self.dtype)
-        y = up_conv2x(x, kernel, self.conv, self.precision)
-        return y if bias is None else y + bias
+    apply_conv = staticmethod(up_conv2x)
 
 
-class DownConv2x(nn.Module):
+class DownConv2x(_Conv4x4Stride2):
     """PyTorch `Conv2d(Cin, features, 4, stride=2, padding=1)` on NHWC.
 
     Parameters match `nn.Conv(features, (4, 4), (2, 2), padding=((1, 1),
@@ -508,19 +516,4 @@ class DownConv2x(nn.Module):
     (`synthjax.models.formulations`); all are exact up to float rounding.
     """
 
-    features: int
-    use_bias: bool = True
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    kernel_init: Initializer = nn.initializers.lecun_normal()
-    bias_init: Initializer = nn.initializers.zeros_init()
-    precision: Any = None
-    conv: ConvChoice = NATIVE  # the formulation, resolved by synthjax.models.formulations
-
-    @nn.compact
-    def __call__(self, x_bhwc: Array) -> Array:
-        kernel = self.param("kernel", self.kernel_init, (4, 4, x_bhwc.shape[-1], self.features), self.param_dtype)
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
-        x, kernel, bias = promote_dtype(x_bhwc, kernel, bias, dtype=self.dtype)
-        y = down_conv2x(x, kernel, self.conv, self.precision)
-        return y if bias is None else y + bias
+    apply_conv = staticmethod(down_conv2x)
