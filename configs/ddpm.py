@@ -39,6 +39,7 @@ def get_config(arg=None):
     c.model.groups = 8
     c.model.class_cond = False
     c.model.ema_decay = 0.999
+    c.model.ema_warmup = True  # decay min(0.999, (1 + n) / (10 + n)) at step n: no trace of the init after 3,000 steps
     c.objective.schedule = "linear"  # or 'cosine'
     c.objective.num_steps = 1000
     c.objective.beta_start = 1e-4  # linear schedule endpoints, for T = 1000 (rescaled by 1000/T)

@@ -27,6 +27,7 @@ def get_config(arg=None):
     c.model.groups = 32
     c.model.class_cond = False
     c.model.ema_decay = 0.9999
+    c.model.ema_warmup = False  # the paper's plain EMA: 800k steps leave nothing of the init
     c.objective.schedule = "linear"  # or 'cosine'
     c.objective.num_steps = 1000
     c.objective.beta_start = 1e-4  # linear schedule endpoints, for T = 1000 (rescaled by 1000/T)

@@ -23,19 +23,36 @@ NONFINITE_POLICIES = ("halt", "skip")
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Defaults shared by every family: seed, data, optimiser, loop cadence."""
+    """Defaults shared by every family: seed, optimiser, data, loop cadence, evaluation, stacks.
+
+    The experiment config fills in `model` and `objective`, whose fields are its family's.
+    """
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = ml_collections.ConfigDict()
     c.model.family = ""
     c.model.arch = ""
     c.objective = ml_collections.ConfigDict()
+    c.opt = _optimiser_defaults()
+    c.data = _data_defaults()
+    c.train = _train_defaults()
+    c.eval = _eval_defaults()
+    c.sweep = _sweep_defaults()
+    return c
+
+
+def _optimiser_defaults() -> ml_collections.ConfigDict:
+    """Adam and its learning-rate schedule."""
     # lr is the peak rate; schedule: 'constant', 'linear' or 'cosine' decay to end_factor * lr over
     # decay_steps updates (0: train.num_steps), after warmup_steps of linear warm-up (trainers/base.py lr_factor).
-    c.opt = ml_collections.ConfigDict(
+    return ml_collections.ConfigDict(
         dict(lr=1e-3, b1=0.9, b2=0.999, grad_clip=0.0, schedule="constant", warmup_steps=0, decay_steps=0, end_factor=0.0)
     )
-    c.data = ml_collections.ConfigDict(
+
+
+def _data_defaults() -> ml_collections.ConfigDict:
+    """Which dataset, which splits, and how batches reach the step."""
+    return ml_collections.ConfigDict(
         dict(
             name="mnist_bundled",
             path="",
@@ -54,7 +71,11 @@ def base_config() -> ml_collections.ConfigDict:
             on_device="auto",
         )
     )
-    c.train = ml_collections.ConfigDict(
+
+
+def _train_defaults() -> ml_collections.ConfigDict:
+    """The loop: batch, length, cadences, checkpoints, parallelism, dtype."""
+    return ml_collections.ConfigDict(
         dict(
             batch_size=128,  # global, over all devices and processes
             num_steps=1000,
@@ -81,9 +102,14 @@ def base_config() -> ml_collections.ConfigDict:
             cpu_allocator="threshold",
         )
     )
-    # Sample-quality / likelihood evaluation during training (synthjax.evaluate); off by default
-    # because the first use trains the MNIST feature classifier (~1 min on a CPU).
-    c.eval = ml_collections.ConfigDict(
+
+
+def _eval_defaults() -> ml_collections.ConfigDict:
+    """Sample-quality and likelihood evaluation during training (synthjax.evaluate).
+
+    Off by default because its first use trains the MNIST feature classifier (~1 min on a CPU).
+    """
+    return ml_collections.ConfigDict(
         dict(
             every=0,  # steps between evaluations (and at the last step); 0: off
             metrics="",  # comma-separated of fid,kid,is,pr,nll; '': all the model supports
@@ -97,9 +123,12 @@ def base_config() -> ml_collections.ConfigDict:
             resize="pytorch_fid",  # Inception input resize: 'pytorch_fid' (bilinear) or 'clean' (clean-fid's bicubic)
         )
     )
-    # Stacks: runs that differ only in seed or numeric hyperparameters trained as one vmapped
-    # program (python -m synthjax.sweep --vmap; synthjax/stack.py).
-    c.sweep = ml_collections.ConfigDict(
+
+
+def _sweep_defaults() -> ml_collections.ConfigDict:
+    """Stacks: runs that differ only in seed or numeric hyperparameters trained as one vmapped program
+    (python -m synthjax.sweep --vmap; synthjax/stack.py)."""
+    return ml_collections.ConfigDict(
         dict(
             shared_data_order=False,  # True: every member reads the data order of the first member's seed
             member_shards=1,  # devices along the mesh's `members` axis (the rest form the `data` axis)
@@ -109,7 +138,6 @@ def base_config() -> ml_collections.ConfigDict:
             gpu_stack_overrides="",
         )
     )
-    return c
 
 
 def finalize(config: ml_collections.ConfigDict, arg: str | None, smoke_overrides: dict) -> ml_collections.ConfigDict:

@@ -67,22 +67,37 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     # Through JSON, as the saved copy went: a tuple field reads back as a list and is the same setting.
     new = config_lib.flatten(json.loads(json.dumps(config_lib.to_dict(config))))
     if os.path.exists(path):
-        old = config_lib.flatten(read_json(path))
-        # A field the code no longer has (deleted because nothing read it) cannot have shaped the saved run.
-        retired = sorted(set(old) - set(new))
-        if retired and jax.process_index() == 0:
-            print(f"synthjax: ignoring settings of {workdir}/config.json that are no longer config fields: {', '.join(retired)}")
-        changed = [k for k in sorted(new) if old.get(k) != new.get(k)]
-        structural = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed if k.startswith(STRUCTURAL_PREFIXES)]
-        if structural:
-            raise UserError(
-                f"workdir {workdir!r} holds a run of a different model or data ({'; '.join(structural)}); "
-                "refusing to resume it. Use a new --workdir, or restore the original config"
-            )
-        if changed and jax.process_index() == 0:
-            print(f"synthjax: continuing {workdir} with changed settings: " + "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
+        check_saved_config(workdir, config_lib.flatten(read_json(path)), new)
     if jax.process_index() == 0:
         write_atomic(path, json.dumps(config_lib.to_dict(config), indent=2, sort_keys=True))
+
+
+def check_saved_config(workdir: str, old: dict, new: dict) -> None:
+    """Refuse a workdir whose saved config (flat keys) differs from `new` in the model or data; say what
+    else changed.
+
+    Fields are compared only where both configs have them. A field the code
+    no longer has was deleted because nothing read it; a field the saved
+    config lacks was added to the code since the run began, with a value
+    that the log names (one that changed parameter shapes would fail at the
+    checkpoint restore, which touches nothing).
+    """
+    say = print if jax.process_index() == 0 else (lambda _: None)
+    retired, added = sorted(set(old) - set(new)), sorted(set(new) - set(old))
+    if retired:
+        say(f"synthjax: ignoring settings of {workdir}/config.json that are no longer config fields: {', '.join(retired)}")
+    if added:
+        say(f"synthjax: {workdir}/config.json predates these config fields; continuing with "
+            + ", ".join(f"{k}={new[k]!r}" for k in added))
+    changed = [k for k in sorted(set(old) & set(new)) if old[k] != new[k]]
+    structural = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed if k.startswith(STRUCTURAL_PREFIXES)]
+    if structural:
+        raise UserError(
+            f"workdir {workdir!r} holds a run of a different model or data ({'; '.join(structural)}); "
+            "refusing to resume it. Use a new --workdir, or restore the original config"
+        )
+    if changed:
+        say(f"synthjax: continuing {workdir} with changed settings: " + "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed))
 
 
 def read_json(path: str) -> dict:

@@ -171,6 +171,27 @@ def test_log_likelihood_is_a_finite_bound_in_nats_per_image():
     assert full.shape == (4,) and np.all(np.isfinite(full)) and np.all(bits_per_dim > 0), bits_per_dim
 
 
+def test_ema_warmup_caps_the_decay_and_forgets_the_initialisation():
+    """The warmed-up decay against its float64 closed form, and what is left of the initial weights after
+    3,000 updates: decay**3000 (5% at 0.999) without the warm-up, nothing with it."""
+    from synthjax.trainers.vmappable import as_hparams, ema_hparams, ema_update, warm_up_ema
+
+    hp = as_hparams(ema_hparams(0.999))
+    for n in (0, 1, 100, 3000, 9000, 20000):
+        got = warm_up_ema(hp, jnp.asarray(n, jnp.int32))
+        want = min(0.999, (1 + n) / (10 + n))
+        np.testing.assert_allclose(float(got["ema_decay"]), want, rtol=1e-6)
+        np.testing.assert_allclose(float(got["ema_rate"]), 1 - want, rtol=1e-4)
+
+    def left_of_init(warmup: bool) -> float:
+        def update(ema, n):
+            return ema_update(ema, jnp.zeros(()), warm_up_ema(hp, n) if warmup else hp), None
+        return float(jax.lax.scan(update, jnp.ones(()), jnp.arange(3000))[0])
+
+    np.testing.assert_allclose(left_of_init(False), 0.999**3000, rtol=1e-3)
+    assert left_of_init(True) < 1e-20
+
+
 def test_vmapped_ddpm_step_equals_member_steps():
     """Seed, learning rate and EMA decay as stacked hyperparameters: the same numbers as each member's own step
     (on one device: tests/test_sweep.py checks stacks split over devices)."""
@@ -199,8 +220,13 @@ def test_vmapped_ddpm_step_equals_member_steps():
     for i, member in enumerate(trainers):
         plain = dp.compile_step(member.train_step)
         state = dp.put_state(init(jax.random.key(configs[i].seed)))
-        for batch in batches:
+        initial = jax.device_get(dp.host_state(state).params)
+        for n, batch in enumerate(batches):
             state, metrics = plain(state, batch, keys[i])
+            if n == 0:  # model.ema_warmup: the first update's decay is min(ema_decay, 1/10), the init keeps a tenth
+                first = jax.device_get(dp.host_state(state))
+                jax.tree.map(lambda e, p, p0: np.testing.assert_allclose(e - p, 0.1 * (p0 - p), atol=1e-6),
+                             first.ema_params, first.params, initial)
         want, got = jax.device_get(dp.host_state(state)), jax.device_get(jax.tree.map(lambda x: x[i], carry.members))
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5, err_msg=f"member {i}"), got, want)
         for k, v in jax.device_get(dp.metrics(metrics)).items():

@@ -28,7 +28,7 @@ from synthjax.data.pipeline import Preprocess
 from synthjax.models.unet import build_unet
 from synthjax.objectives import diffusion as D
 from synthjax.trainers.base import Metrics, Trainer, adam, global_norm, register, require
-from synthjax.trainers.vmappable import HParams, apply_scaled, as_hparams, ema_hparams, ema_update
+from synthjax.trainers.vmappable import HParams, apply_scaled, as_hparams, ema_hparams, ema_update, warm_up_ema
 
 
 class DDPMState(flax.struct.PyTreeNode):
@@ -119,7 +119,8 @@ class DDPMTrainer(Trainer):
         grads = parallel.pmean(grads)
         updates, opt = self.tx.update(grads, state.opt, state.params)
         params = apply_scaled(state.params, updates, hp["lr"])
-        new_state = DDPMState(step=state.step + 1, params=params, ema_params=ema_update(state.ema_params, params, hp), opt=opt)
+        ema_hp = warm_up_ema(hp, state.step) if self.config.model.ema_warmup else hp
+        new_state = DDPMState(step=state.step + 1, params=params, ema_params=ema_update(state.ema_params, params, ema_hp), opt=opt)
         return new_state, parallel.pmean({"loss": loss, "grad_norm": global_norm(grads)})
 
     def eval_step(self, state: DDPMState, batch: dict, key: jax.Array) -> Metrics:
