@@ -68,6 +68,6 @@ def test_bfloat16_is_finite_keeps_float32_state_and_tracks_float32(config_name):
     print(f"{config_name}: params apart {apart / moved:.1%} of the update; losses",
           {k: (float(ref_hist[-1][k]), float(low_hist[-1][k])) for k in keys})
     assert moved > 0
-    # Measured on CPU (2026-11-26): 2% (vae_mlp, draw, convlstm) to 22% (dcgan, whose BatchNorm
+    # Measured on CPU: 2% (vae_mlp, draw, convlstm) to 22% (dcgan, whose BatchNorm
     # statistics amplify bf16 rounding) of the update; params cast to bf16 or a lost loss scale land far outside.
     assert apart <= 0.3 * moved, f"bfloat16 params differ from float32 by {apart:.3g}, {apart / moved:.1%} of the update {moved:.3g}"
