@@ -214,9 +214,15 @@ def run(workload: str, batch_size: int, steps: int, dtype: str = "float32", warm
         "peak_memory_bytes": peak_memory_bytes(),
         "step_memory_bytes": step_memory_bytes(prepared.compiled),
         "finite": bool(jax.device_get(metrics["nonfinite"]) == 0),
-        "convolutions": formulations.describe(formulations.plan_for(prepared.config.model, jnp.dtype(dtype))),
-        "tuning": tuning.describe(),
+        **code_path(prepared.config, dtype),
     }
+
+
+def code_path(config, dtype: str) -> dict:
+    """Which code ran: the convolution formulation per layer role (and why oneDNN did not, on CPU) and the
+    process-level CPU tuning; every bench record carries it."""
+    return {"convolutions": formulations.describe(formulations.plan_for(config.model, jnp.dtype(dtype))),
+            "tuning": tuning.describe()}
 
 
 def prepare_stack(workload: str, batch_size: int, members: int, dtype: str = "float32",
@@ -267,6 +273,8 @@ def run_members(workload: str, batch_size: int, steps: int, members: int, dtype:
         "compile_s": stacked.compile_s, "device": device_name(), "num_devices": stacked.num_devices, "dtype": dtype,
         "overrides": list(overrides), "stack_overrides": stack_overrides(single.config, jax.default_backend()),
         "finite": bool(np.all(jax.device_get(metrics["nonfinite"]) == 0)),
+        **code_path(single.config, dtype),
+        "stack_convolutions": code_path(configs[0], dtype)["convolutions"],
     }
 
 
@@ -326,6 +334,7 @@ def run_loop(workload: str, batch_size: int, dtype: str = "float32", rounds: int
         "rounds_cadence_seconds": [r.get("cadence_seconds", {}) for r in rows],
         "synthetic_data": bool(data), "cadences": {k: t[k] for k in ("log_every", "sample_every", "ckpt_every", "eval_every")},
         "device": device_name(), "num_devices": prepared.num_devices, "dtype": dtype, "overrides": list(overrides),
+        **code_path(config, dtype),
     }
 
 

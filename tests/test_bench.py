@@ -17,6 +17,12 @@ def test_bench_record_has_the_peer_keys_and_ours():
     assert PEER_KEYS | {"compile_s", "device", "dtype", "step_memory_bytes"} <= set(r)
     assert r["images_per_sec"] > 0 and r["finite"] and r["step_memory_bytes"] > 0
     assert r["overrides"] == ["model.g_width=8", "model.d_width=8"]
+    assert_names_the_code_path(r)
+
+
+def assert_names_the_code_path(r: dict, roles=("up", "out", "down", "in")) -> None:
+    """A record says which convolution formulation ran per layer role, and the CPU tuning applied."""
+    assert set(roles) <= set(r["convolutions"]) and "tuning" in r, sorted(r)
 
 
 def test_bench_members_prints_one_json_line_with_the_stack_and_sequential_rates():
@@ -31,6 +37,8 @@ def test_bench_members_prints_one_json_line_with_the_stack_and_sequential_rates(
     assert r["members"] == 2 and r["images_per_sec"] > 0 and r["sequential_images_per_sec"] > 0 and r["finite"]
     assert abs(r["speedup_vs_sequential"] - r["images_per_sec"] / r["sequential_images_per_sec"]) < 1e-9
     assert r["stack_overrides"] == "model.conv_impl=stack"  # what the stack applied: dcgan's choice for CPU stacks
+    assert_names_the_code_path(r)
+    assert r["stack_convolutions"]["out"].startswith("gemm_col2im") and r["convolutions"]["out"].startswith("gemm_vjp")
 
 
 def test_bench_loop_prints_one_json_line_with_the_loop_and_bench_rates():
@@ -48,6 +56,7 @@ def test_bench_loop_prints_one_json_line_with_the_loop_and_bench_rates():
     assert r["data_on_device"] and not r["synthetic_data"] and r["steps_per_call"] == 8  # configs/vae_mlp.py's
     # host seconds of the cadence actions before the last log line (steps 2-4): where a slow loop loses time
     assert set(r["rounds_cadence_seconds"][0]) == {"log", "checkpoint", "grids"}
+    assert_names_the_code_path(r)
 
 
 def test_bench_loop_gives_workloads_without_offline_data_a_synthetic_split(tmp_path):
