@@ -17,13 +17,6 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
 
-from tests.helpers.runs import COMPILE_CACHE  # noqa: E402
-
-# The test processes share one persistent compilation cache with the runs they start (tests/helpers/runs.py):
-# a program that another test or subprocess compiled is loaded, not compiled again.
-jax.config.update("jax_compilation_cache_dir", COMPILE_CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
