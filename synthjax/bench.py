@@ -6,7 +6,10 @@
 
 Workloads are the reference ones of the benchmark spec (dcgan28, dcgan64,
 vae_mlp) plus each model family's default config (any `configs/<name>.py`,
-e.g. gan_mlp, vae_conv, pixelrnn, draw, convlstm). The step is the one
+e.g. gan_mlp, vae_conv, pixelrnn, draw, convlstm; `--workload NAME.py` names
+the config file where a reference workload has its name, e.g. vae_mlp.py).
+A plain run's figure is kept, and `train.py` shows it beside the run's own
+throughput in its closing line when it trains the same step on this machine. The step is the one
 `train.py` runs (trainer.train_step under the data-parallel wrapper, state
 donated), so the figure measures the model and step, not the input pipeline.
 Prints one JSON line with the peer's keys (`images_per_sec`, `step_ms`,
@@ -57,10 +60,18 @@ REFERENCE = {
 
 
 def workload_config(name: str, batch_size: int, dtype: str, extra: Sequence[str] = ()):
-    """(config, image_shape) of a reference workload or of configs/<name>.py, with `extra` overrides."""
-    file, overrides, shape = REFERENCE.get(name, (f"{name}.py", [], None))
+    """(config, image_shape) of a reference workload or of configs/<name>.py, with `extra` overrides.
+
+    A name ending in '.py' (optionally with the config's argument, 'vae_mlp.py:smoke') is always the config
+    file, also where a reference workload has its stem ('vae_mlp.py' is configs/vae_mlp.py; 'vae_mlp' is
+    the spec's 784-400-20 VAE).
+    """
+    if name.partition(":")[0].endswith(".py"):
+        file, overrides, shape = name, [], None
+    else:
+        file, overrides, shape = REFERENCE.get(name, (f"{name}.py", [], None))
     path = os.path.join(CONFIG_DIR, file)
-    if not os.path.exists(path):
+    if not os.path.exists(path.partition(":")[0]):
         valid = sorted(set(REFERENCE) | {f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py")})
         raise SystemExit(f"unknown workload {name!r}; valid: {', '.join(valid)}")
     batch = [f"train.batch_size={batch_size}"] if batch_size else []  # 0: the config's own

@@ -148,3 +148,26 @@ def test_cli_batch_size_defaults_to_the_spec_or_the_config():
     assert bench.cli_batch_size("dcgan28", 0) == 128 and bench.cli_batch_size("vae_mlp", 0) == 128
     assert bench.cli_batch_size("wgan_gp", 0) == 320  # its config's: a multiple of n_critic=5
     assert bench.cli_batch_size("wgan_gp", 64) == 64
+
+
+def test_a_runs_closing_line_shows_the_bench_figure_of_its_step(tmp_path):
+    """`--workload NAME.py` benches the config file itself (vae_mlp alone is the spec's smaller VAE), and a
+    train.py run of that config on the same devices then states that figure beside its own throughput."""
+    from tests.helpers import runs
+
+    env = runs.jax_env(SYNTHJAX_CACHE=str(tmp_path / "cache"))
+    bench_run = subprocess.run(
+        [sys.executable, "-m", "synthjax.bench", "--workload", "vae_mlp.py:smoke", "--steps", "2", "--warmup", "1", "--json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert bench_run.returncode == 0, bench_run.stderr[-3000:]
+    figure = json.loads(bench_run.stdout.strip().splitlines()[-1])["images_per_sec"]
+    run = runs.run(runs.train_args("vae_mlp.py:smoke", str(tmp_path / "run"), "--config.train.num_steps=2"), env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"(bench step: {figure:.0f} img/s, cpu:" in run.stdout.strip().splitlines()[-1], run.stdout[-1000:]
+
+
+def test_a_py_name_is_the_config_file_even_where_a_reference_workload_has_its_stem():
+    spec, _ = bench.workload_config("vae_mlp", 0, "float32")
+    config, shape = bench.workload_config("vae_mlp.py", 0, "float32")
+    assert (spec.model.latent, config.model.latent) == (20, 50) and shape == (28, 28, 1)
+    assert bench.cli_batch_size("vae_mlp.py", 0) == config.train.batch_size
