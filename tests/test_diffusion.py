@@ -154,8 +154,8 @@ def test_samples_are_images_reproducible_from_the_seed_and_guidance_changes_them
     # Guidance mixes the conditional and no-label outputs: u + w (c - u). The trained params, not the EMA
     # (after 2 steps the EMA is still the init, whose zero output layer makes every output 0).
     x, t, y = jnp.asarray(next(batches)["image"][:3]), jnp.array([10, 500, 900]), jnp.array([1, 2, 3])
-    cond, guided = trainer.denoiser(state.params, y, 1.0)(x, t), trainer.denoiser(state.params, y, 3.0)(x, t)
-    uncond = trainer.denoiser(state.params, jnp.full_like(y, trainer.num_labels), 1.0)(x, t)
+    denoise = jax.jit(lambda labels, w: trainer.denoiser(state.params, labels, w)(x, t), static_argnums=1)  # not op by op
+    cond, guided, uncond = denoise(y, 1.0), denoise(y, 3.0), denoise(jnp.full_like(y, trainer.num_labels), 1.0)
     assert float(jnp.max(jnp.abs(cond - uncond))) > 0
     np.testing.assert_allclose(guided, uncond + 3.0 * (cond - uncond), rtol=1e-4, atol=1e-6)
 
