@@ -76,7 +76,7 @@ def _call(target: str, shape: tuple[int, ...], a: Array, b: Array, stride: Seque
                         f"use an XLA impl for other dtypes")
     out = jax.ShapeDtypeStruct(shape, jnp.float32)
     # Under vmap (stacks of runs) the members become leading dimensions of every buffer, and the call runs
-    # them one after another in place: no slicing copies around a loop (onednn_conv.cc).
+    # them in place, side by side on the cores: no slicing copies around a loop (onednn_conv.cc).
     return jax.ffi.ffi_call(target, out, vmap_method="broadcast_all")(a, b, **_attrs(stride, padding))
 
 

@@ -8,8 +8,8 @@
 // Stride and padding come as attributes; every shape comes from the buffers,
 // so one handler serves every layer. Leading dimensions before N/H (all three
 // buffers alike) are members of a `jax.vmap` (a stack of runs): each member
-// is one convolution with its own kernel, run one after another in place,
-// without the slicing copies of a loop around the call. Why oneDNN: on the
+// is one convolution with its own kernel, run in place (members side by side
+// on the cores, see Run), without the slicing copies of a loop around the call. Why oneDNN: on the
 // DCGAN layers XLA:CPU's own convolutions were slower than oneDNN's, the
 // library PyTorch's CPU convolutions use (docs/performance.md).
 //
@@ -17,6 +17,9 @@
 // library, GNU OpenMP threading) and onednn-devel-cpu-gomp (the headers of
 // the same release). Every oneDNN call's status is checked; every object is
 // owned by an RAII handle, so each path frees what it created.
+#include <omp.h>
+
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
@@ -65,11 +68,14 @@ using MemoryDesc = Handle<dnnl_memory_desc_t, dnnl_memory_desc_destroy>;
 using Memory = Handle<dnnl_memory_t, dnnl_memory_destroy>;
 using PrimitiveDesc = Handle<dnnl_primitive_desc_t, dnnl_primitive_desc_destroy>;
 using Primitive = Handle<dnnl_primitive_t, dnnl_primitive_destroy>;
+using Attr = Handle<dnnl_primitive_attr_t, dnnl_primitive_attr_destroy>;
 
 // The process's CPU engine, created once; null (with the status) if oneDNN could not create one.
 dnnl_engine_t Engine(dnnl_status_t* status) {
   static dnnl_status_t created = dnnl_success;
   static dnnl_engine_t engine = [] {
+    // Plans (below) are this file's cache; oneDNN's own would only hold the same primitives twice.
+    dnnl_set_primitive_cache_capacity(0);
     dnnl_engine_t e = nullptr;
     created = dnnl_engine_create(&e, dnnl_cpu, 0);
     return created == dnnl_success ? e : nullptr;
@@ -116,6 +122,7 @@ struct Plan {
   Primitive conv;
   Primitive weights_reorder;
   const_dnnl_memory_desc_t conv_weights_md = nullptr;  // owned by `pd`
+  const_dnnl_memory_desc_t scratchpad_md = nullptr;    // owned by `pd`; each execution brings its own
 };
 
 #define DNNL_CHECK(call)                   \
@@ -131,25 +138,30 @@ dnnl_status_t MakePlan(Kind kind, const Geometry& g, dnnl_engine_t engine, Plan*
   DNNL_CHECK(Hwio(g, &user_w));
   DNNL_CHECK(AnyWeights(g, &any_w));
   dnnl_dims_t strides = {g.sh, g.sw}, dilates = {0, 0}, pad_l = {g.pt, g.pl}, pad_r = {g.pb, g.pr};
+  Attr attr;
+  DNNL_CHECK(dnnl_primitive_attr_create(&attr.get));
+  // Each execution brings its own scratchpad: the library's shared one is not safe for members run at once.
+  DNNL_CHECK(dnnl_primitive_attr_set_scratchpad_mode(attr.get, dnnl_scratchpad_mode_user));
   PrimitiveDesc fwd;
   DNNL_CHECK(dnnl_convolution_forward_primitive_desc_create(
       &fwd.get, engine, dnnl_forward_training, dnnl_convolution_direct, src.get, any_w.get, nullptr, dst.get,
-      strides, dilates, pad_l, pad_r, nullptr));
+      strides, dilates, pad_l, pad_r, attr.get));
   if (kind == Kind::kForward) {
     std::swap(plan->pd.get, fwd.get);
   } else if (kind == Kind::kBackwardData) {
     DNNL_CHECK(dnnl_convolution_backward_data_primitive_desc_create(
         &plan->pd.get, engine, dnnl_convolution_direct, src.get, any_w.get, dst.get, strides, dilates, pad_l, pad_r,
-        fwd.get, nullptr));
+        fwd.get, attr.get));
   } else {
     DNNL_CHECK(dnnl_convolution_backward_weights_primitive_desc_create(
         &plan->pd.get, engine, dnnl_convolution_direct, src.get, any_w.get, nullptr, dst.get, strides, dilates, pad_l,
-        pad_r, fwd.get, nullptr));
+        pad_r, fwd.get, attr.get));
   }
   DNNL_CHECK(dnnl_primitive_create(&plan->conv.get, plan->pd.get));
   dnnl_query_t which = kind == Kind::kBackwardWeights ? dnnl_query_diff_weights_md : dnnl_query_weights_md;
   plan->conv_weights_md = dnnl_primitive_desc_query_md(plan->pd.get, which, 0);
   if (plan->conv_weights_md == nullptr) return dnnl_runtime_error;
+  plan->scratchpad_md = dnnl_primitive_desc_query_md(plan->pd.get, dnnl_query_scratchpad_md, 0);
   if (!dnnl_memory_desc_equal(plan->conv_weights_md, user_w.get)) {
     // Forward passes read the kernel (HWIO -> oneDNN's layout); the kernel
     // gradient is written in oneDNN's layout and converted back.
@@ -171,7 +183,8 @@ dnnl_status_t GetPlan(Kind kind, const Geometry& g, dnnl_engine_t engine, std::s
   static std::mutex mu;
   static std::map<std::pair<int, std::array<int64_t, 15>>, std::shared_ptr<const Plan>> plans;
   std::lock_guard<std::mutex> lock(mu);
-  auto key = std::make_pair(static_cast<int>(kind), g.Tie());
+  // A plan is built for the OpenMP team it will run with (oneDNN splits its work by the team size).
+  auto key = std::make_pair(static_cast<int>(kind) * 4096 + omp_get_max_threads(), g.Tie());
   auto it = plans.find(key);
   if (it == plans.end()) {
     auto fresh = std::make_shared<Plan>();
@@ -205,8 +218,14 @@ dnnl_status_t Execute(Kind kind, const Plan& plan, dnnl_engine_t engine, dnnl_st
   int src_arg = kind == Kind::kBackwardData ? DNNL_ARG_DIFF_SRC : DNNL_ARG_SRC;
   int w_arg = kind == Kind::kBackwardWeights ? DNNL_ARG_DIFF_WEIGHTS : DNNL_ARG_WEIGHTS;
   int dst_arg = kind == Kind::kForward ? DNNL_ARG_DST : DNNL_ARG_DIFF_DST;
-  dnnl_exec_arg_t args[] = {{src_arg, src_mem.get}, {w_arg, conv_w}, {dst_arg, dst_mem.get}};
-  DNNL_CHECK(dnnl_primitive_execute(plan.conv.get, stream, 3, args));
+  Memory scratch;
+  int nargs = 3;
+  dnnl_exec_arg_t args[] = {{src_arg, src_mem.get}, {w_arg, conv_w}, {dst_arg, dst_mem.get}, {DNNL_ARG_SCRATCHPAD, nullptr}};
+  if (plan.scratchpad_md && dnnl_memory_desc_get_size(plan.scratchpad_md) > 0) {
+    DNNL_CHECK(dnnl_memory_create(&scratch.get, plan.scratchpad_md, engine, DNNL_MEMORY_ALLOCATE));
+    args[nargs++].memory = scratch.get;
+  }
+  DNNL_CHECK(dnnl_primitive_execute(plan.conv.get, stream, nargs, args));
   if (plan.weights_reorder.get && kind == Kind::kBackwardWeights) {
     dnnl_exec_arg_t back[] = {{DNNL_ARG_FROM, conv_w}, {DNNL_ARG_TO, user_w.get}};
     DNNL_CHECK(dnnl_primitive_execute(plan.weights_reorder.get, stream, 2, back));
@@ -233,10 +252,37 @@ ffi::Error Run(Kind kind, const Geometry& g, int64_t members, float* src, float*
   static std::mutex execute_mu;
   std::lock_guard<std::mutex> lock(execute_mu);
   const int64_t src_size = g.n * g.h * g.w * g.ci, w_size = g.kh * g.kw * g.ci * g.co, dst_size = g.n * g.oh * g.ow * g.co;
-  for (int64_t m = 0; m < members; ++m) {
-    s = Execute(kind, *plan, engine, stream, g, src + m * src_size, weights + m * w_size, dst + m * dst_size);
-    if (s != dnnl_success) return ffi::Error::Internal(Status("convolution", s));
+  const int teams = static_cast<int>(std::min<int64_t>(members, omp_get_max_threads()));
+  if (teams <= 1) {
+    for (int64_t m = 0; m < members; ++m) {
+      s = Execute(kind, *plan, engine, stream, g, src + m * src_size, weights + m * w_size, dst + m * dst_size);
+      if (s != dnnl_success) return ffi::Error::Internal(Status("convolution", s));
+    }
+    return ffi::Error::Success();
   }
+  // Several members: side by side, one thread and a one-thread plan each, instead of one after another
+  // on every thread: a batch-64 DCGAN layer does not keep two threads busy, so the stack gains about 5%
+  // on two cores (docs/performance.md, "Stacks of members"). Each member's
+  // result depends only on its own one-thread plan, so a stack is deterministic; its kernel gradients
+  // differ from a lone call's (two threads) by rounding, the order of the sums (docs/performance.md).
+  dnnl_status_t failed = dnnl_success;
+#pragma omp parallel num_threads(teams)
+  {
+    omp_set_num_threads(1);
+    dnnl_status_t st = dnnl_success;
+    dnnl_stream_t own = Stream(engine, &st);
+    std::shared_ptr<const Plan> single;
+    if (st == dnnl_success) st = GetPlan(kind, g, engine, &single);
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < members; ++m) {
+      if (st == dnnl_success) st = Execute(kind, *single, engine, own, g, src + m * src_size, weights + m * w_size, dst + m * dst_size);
+    }
+    if (st != dnnl_success) {
+#pragma omp critical
+      failed = st;
+    }
+  }
+  if (failed != dnnl_success) return ffi::Error::Internal(Status("convolution", failed));
   return ffi::Error::Success();
 }
 
