@@ -9,8 +9,8 @@ vae_mlp) plus each model family's default config (any `configs/<name>.py`,
 e.g. gan_mlp, vae_conv, pixelrnn, draw, convlstm; `--workload NAME.py` names
 the config file where a reference workload has its name, e.g. vae_mlp.py).
 A plain run's figure is kept, and `train.py` shows it beside the run's own
-throughput in its closing line when it trains the same step on this machine. The step is the one
-`train.py` runs (trainer.train_step under the data-parallel wrapper, state
+throughput in its closing line when it trains the same step on this machine.
+The step is the one `train.py` runs (trainer.train_step under the data-parallel wrapper, state
 donated), so the figure measures the model and step, not the input pipeline.
 Prints one JSON line with the peer's keys (`images_per_sec`, `step_ms`,
 `warmup_s`) plus `compile_s`, `device`, `dtype`, the compiled step's device memory

@@ -9,9 +9,10 @@
 // so one handler serves every layer. Leading dimensions before N/H (all three
 // buffers alike) are members of a `jax.vmap` (a stack of runs): each member
 // is one convolution with its own kernel, run in place (members side by side
-// on the cores, see Run), without the slicing copies of a loop around the call. Why oneDNN: on the
-// DCGAN layers XLA:CPU's own convolutions were slower than oneDNN's, the
-// library PyTorch's CPU convolutions use (docs/performance.md).
+// on the cores, see Run), without the slicing copies of a loop around the
+// call. Why oneDNN: on the DCGAN layers XLA:CPU's own convolutions were
+// slower than oneDNN's, the library PyTorch's CPU convolutions use
+// (docs/performance.md).
 //
 // Built by `make native` against the pip packages onednn-cpu-gomp (the
 // library, GNU OpenMP threading) and onednn-devel-cpu-gomp (the headers of
@@ -262,9 +263,9 @@ ffi::Error Run(Kind kind, const Geometry& g, int64_t members, float* src, float*
   }
   // Several members: side by side, one thread and a one-thread plan each, instead of one after another
   // on every thread: a batch-64 DCGAN layer does not keep two threads busy, so the stack gains about 5%
-  // on two cores (docs/performance.md, "Stacks of members"). Each member's
-  // result depends only on its own one-thread plan, so a stack is deterministic; its kernel gradients
-  // differ from a lone call's (two threads) by rounding, the order of the sums (docs/performance.md).
+  // on two cores (docs/performance.md, "Stacks of members"). Each member's result depends only on its
+  // own one-thread plan, so a stack is deterministic; its kernel gradients may differ from a lone call's
+  // (two threads) by rounding, the order of the sums.
   dnnl_status_t failed = dnnl_success;
 #pragma omp parallel num_threads(teams)
   {
